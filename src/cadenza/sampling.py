@@ -88,17 +88,24 @@ class MeterFilter:
 
 
 class InstrumentFilter:
-    """Only the given instruments (GM programs, ``vocab.DRUMS`` for the kit) may play."""
+    """Only the given instruments (GM programs, ``vocab.DRUMS`` for the kit) may play, or
+    any instrument when ``programs`` is empty; ``muted`` ones never do. When nothing may
+    play, no new position opens, so the bars stay silent."""
 
-    def __init__(self, programs: tuple[int, ...]) -> None:
-        if not programs:
-            raise ValueError("an instrument filter needs at least one instrument")
-        self.forbidden = np.ones(v.NUM_INSTRUMENTS, dtype=bool)
-        self.forbidden[list(programs)] = False
+    def __init__(self, programs: tuple[int, ...] = (), muted: tuple[int, ...] = ()) -> None:
+        self.forbidden = np.zeros(v.NUM_INSTRUMENTS, dtype=bool)
+        if programs:
+            self.forbidden[:] = True
+            self.forbidden[list(programs)] = False
+        self.forbidden[list(muted)] = True
+        self.silent = bool(self.forbidden.all())
 
     def apply(self, logits: np.ndarray, cursor: Cursor) -> None:
-        insts = logits[_span("inst")]
-        insts[self.forbidden] = -np.inf
+        if self.silent:
+            logits[_span("pos")] = -np.inf
+            if cursor.last == "pos":  # a position opened before the mute: let it finish
+                return
+        logits[_span("inst")][self.forbidden] = -np.inf
 
 
 class EnsembleFilter:

@@ -12,7 +12,7 @@ import bisect
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -57,6 +57,7 @@ class GenerationOptions:
     key: int | None = None  # controls.key_index(tonic, minor): conditions, and biases pitches
     instruments: tuple[int, ...] = ()  # only these GM programs (128: drums) play
     density: float | None = None  # notes per beat the model aims for
+    muted: tuple[int, ...] = ()  # these GM programs (128: drums) stay silent
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.temperature) and 0 <= self.temperature <= 10):
@@ -74,15 +75,15 @@ class GenerationOptions:
         if self.seed is not None and not (isinstance(self.seed, int) and self.seed >= 0):
             raise ValueError(f"seed must be a non-negative integer, got {self.seed}")
         Controls(key=self.key, meter=self.meter, instruments=tuple(self.instruments))  # checks
+        Controls(instruments=tuple(self.muted))  # checks the muted programs too
         if self.density is not None and not (
             math.isfinite(self.density) and 0 < self.density <= 32
         ):
             raise ValueError(f"density must be between 0 and 32 notes per beat, got {self.density}")
 
     def controls(self, bpm: float) -> Controls:
-        return Controls(
-            self.key, self.meter, bpm, tuple(sorted(set(self.instruments))), self.density
-        )
+        playing = sorted(set(self.instruments) - set(self.muted))
+        return Controls(self.key, self.meter, bpm, tuple(playing), self.density)
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,10 @@ class Chunk(Waveform):
     start: float = 0.0  # seconds from the start of the stream
 
 
+class Cancelled(Exception):
+    """``generate_chunk`` stopped early because its ``cancel`` callback said so."""
+
+
 class System:
     """A model, a renderer and a text encoder, ready to stream.
 
@@ -165,6 +170,7 @@ class System:
             or a Transformer.
         soundfont: a SoundFont path; None picks the best installed one.
         config: chunk, context and crossfade lengths.
+        text: a text encoder to share with other systems (each loads MiniLM otherwise).
     """
 
     def __init__(
@@ -173,6 +179,7 @@ class System:
         *,
         soundfont: str | os.PathLike | None = None,
         config: StreamConfig | None = None,
+        text: TextEncoder | None = None,
     ) -> None:
         if isinstance(model, Transformer):
             self.model, self.model_info = model.eval(), "model given by the caller"
@@ -180,7 +187,7 @@ class System:
             self.model, self.model_info = checkpoint.load_model(model)
         self.config = config or StreamConfig()
         self.renderer = Renderer(soundfont, self.config.sample_rate)
-        self.text = TextEncoder()
+        self.text = text or TextEncoder()
         self._grammar = GrammarFilter()
         self._mod_key: bytes | None = None
         self._mod: torch.Tensor | None = None
@@ -246,19 +253,93 @@ class System:
             model_key=self._model_key,
         )
 
+    def reset_context(self, state: State) -> State:
+        """``state`` with an empty context: the time line, notes and tempo go on, and the
+        model starts afresh at the next bar line (the rest of this bar stays silent)."""
+        state = state.copy()
+        cursor = state.cursor.copy()
+        cursor.pitch, cursor.last = -1, "bos"
+        state.tokens, state.token_ticks = [vocab.BOS], [cursor.tick]
+        state.cursor, state.cache = cursor, None
+        return state
+
+    def inject(self, state: State, notes: Sequence[Note], *, sound: bool = True) -> State:
+        """``state`` with ``notes`` written into the model's context, as if it had played
+        them: the next chunk hears them and answers. A note may not start before the state's
+        current position (``state.cursor.tick``); earlier ones, and notes that would break the
+        token order, move to the next free position. Missing bar lines are added in the
+        current meter (4/4 before the first bar). ``sound`` False keeps them out of the audio
+        (the musician's own instrument plays them) but not out of ``state.notes``' context.
+
+        The model reads the new tokens at the start of the next ``generate_chunk``.
+        """
+        state = state.copy()
+        c = state.cursor
+        if c.last not in ("start", "bos", "bar", "pos", "dur"):
+            raise ValueError(f"cannot inject notes after a {c.last} token")
+
+        def emit(token: int) -> None:
+            note = c.step(token)
+            state.tokens.append(token)
+            state.token_ticks.append(c.tick)
+            if note is not None and sound:
+                state.notes.insert(bisect.bisect_right(state.notes, note), note)
+            elif c.last == "bar":
+                num, den = vocab.METERS[c.meter]
+                if not state.meters or state.meters[-1][1:] != (num, den):
+                    state.meters.append((c.bar_start, num, den))
+
+        for n in sorted(notes):
+            if not (0 <= n.pitch < vocab.NUM_PITCHES and 0 <= n.program < vocab.NUM_INSTRUMENTS):
+                raise ValueError(f"not a playable note: {n}")
+            tick = max(n.onset, c.tick)
+            if (
+                c.last in ("pos", "dur")
+                and tick == c.tick
+                and (c.inst > n.program or (c.inst == n.program and c.last_pitch >= n.pitch))
+            ):
+                tick += 1  # the token order needs the next position
+            meter = c.meter if c.meter >= 0 else vocab.meter_index((4, 4))
+            while c.bar_start < 0 or tick >= c.next_bar:
+                emit(vocab.bar(meter))
+            if c.last == "bar" or tick > c.tick:
+                emit(vocab.pos(tick - c.bar_start))
+            if c.inst != n.program:
+                emit(vocab.inst(n.program))
+            if c.vels.get(n.program) != vocab.velocity_bin(n.velocity):
+                emit(vocab.vel(vocab.velocity_bin(n.velocity)))
+            emit(vocab.pitch(n.pitch))
+            emit(vocab.dur(vocab.duration_index(max(n.duration, 1))))
+        return state
+
+    def reseed(self, state: State, seed: int) -> State:
+        """``state`` with its random stream restarted from ``seed``."""
+        if not (isinstance(seed, int) and seed >= 0):
+            raise ValueError(f"seed must be a non-negative integer, got {seed}")
+        state = state.copy()
+        state.rng = np.random.Generator(np.random.PCG64(seed)).bit_generator.state
+        return state
+
     def generate_chunk(
         self,
         state: State | None = None,
         style: np.ndarray | str | None = None,
         options: GenerationOptions | None = None,
+        *,
+        cancel: Callable[[], bool] | None = None,
         **overrides: object,
     ) -> tuple[Chunk, State]:
         """The next chunk of audio and the state after it. ``state`` is not modified.
+
+        A new ``bpm`` takes effect exactly at the first beat at or after the chunk's start,
+        so the music already rendered keeps its timing and the beat grid stays whole.
 
         Args:
             state: from ``init_state`` or a previous call; None starts a new stream.
             style: a style vector, a prompt, or None for the null style.
             options: sampling knobs; keyword ``overrides`` replace single fields of it.
+            cancel: polled between tokens; when it returns True the call raises
+                ``Cancelled`` (the live engine uses it to act on a control change at once).
 
         Returns:
             (chunk, new_state): ``chunk`` is stereo at the system's rate, exactly
@@ -277,7 +358,8 @@ class System:
         cfg, sr = self.config, self.config.sample_rate
         t0, t1 = state.seconds, state.seconds + cfg.chunk_seconds
         if opts.bpm is not None:
-            state.tempo = state.tempo.with_bpm(state.tempo.beats(t0), opts.bpm)
+            next_beat = math.ceil(state.tempo.beats(t0) - 1e-6)
+            state.tempo = state.tempo.with_bpm(next_beat, opts.bpm)
         end_tick = state.tempo.beats(t1) * TICKS_PER_BEAT
         oldest = state.tempo.beats(max(t1 - cfg.context_seconds, 0.0)) * TICKS_PER_BEAT
         self._forget_before(state, oldest)
@@ -285,14 +367,15 @@ class System:
         filters: list[LogitFilter] = [self._grammar]
         if opts.meter is not None:
             filters.append(MeterFilter(tuple(opts.meter)))
-        if opts.instruments:
-            filters.append(InstrumentFilter(tuple(opts.instruments)))
-        if len(set(opts.instruments)) > 1:
-            filters.append(EnsembleFilter(tuple(opts.instruments)))
+        if opts.instruments or opts.muted:
+            filters.append(InstrumentFilter(tuple(opts.instruments), muted=tuple(opts.muted)))
+        ensemble = set(opts.instruments) - set(opts.muted)
+        if len(ensemble) > 1:
+            filters.append(EnsembleFilter(tuple(ensemble)))
         if opts.key is not None:
             filters.append(KeyFilter(opts.key))
         t = time.perf_counter()
-        self._extend(state, style, opts, filters, rng, end_tick)
+        self._extend(state, style, opts, filters, rng, end_tick, cancel)
         self.timings["model"] += time.perf_counter() - t
 
         recent = math.floor(
@@ -339,6 +422,7 @@ class System:
         filters: list[LogitFilter],
         rng: np.random.Generator,
         end_tick: float,
+        cancel: Callable[[], bool] | None = None,
     ) -> None:
         """Sample tokens until the music's time reaches ``end_tick``."""
         mod = self._modulation(
@@ -349,11 +433,17 @@ class System:
         with torch.inference_mode():
             if state.cache is None or state.model_key != self._model_key:
                 state.cache, state.model_key = KVCache(self.model.config, 2), self._model_key
-                if len(state.tokens) > 1:
-                    prefix = torch.tensor(state.tokens[:-1]).expand(2, -1)
-                    self.model(prefix, mod=mod, cache=state.cache)
+            while len(state.tokens) >= capacity - 1:  # injected notes filled the context
+                quarter = len(state.tokens) // 4
+                self._drop(state, quarter, 2 * quarter)
+            missing = len(state.tokens) - 1 - state.cache.length  # injected, or a new cache
+            if missing > 0:
+                prefix = torch.tensor(state.tokens[-1 - missing : -1]).expand(2, -1)
+                self.model(prefix, mod=mod, cache=state.cache)
             cursor = state.cursor
             while cursor.tick < end_tick and not cursor.ended:
+                if cancel is not None and cancel():
+                    raise Cancelled
                 if state.cache.length >= capacity - 1:  # full: drop a quarter, or up to a half
                     quarter = len(state.tokens) // 4
                     self._drop(state, quarter, 2 * quarter)

