@@ -1,4 +1,5 @@
-"""``cadenza bench``: real-time factor, cold first-chunk latency, tokens/s and peak memory."""
+"""``cadenza bench``: real-time factor, cold first-chunk latency, tokens/s and peak memory;
+with ``--live``, control latency and underruns of the live engine under changing controls."""
 
 from __future__ import annotations
 
@@ -89,6 +90,79 @@ def measure_cold_start(model: str) -> dict:
         env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
     )
     return {k: round(v, 3) for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
+
+
+LIVE_PROMPTS = (
+    "a lively jig in D major for fiddle and guitar",
+    "a slow chorale for church organ",
+    "a gentle waltz for piano",
+    "a solemn renaissance motet for voices",
+)
+
+
+def measure_live(
+    model: str, seconds: float, *, every: float = 3.0, threads: int = 1, speed: float = 1.0
+) -> dict:
+    """Play ``seconds`` of music through the live engine on a simulated clock running
+    ``speed`` times real time, changing a control every ``every`` seconds of music: blend
+    weights and BPM in turn, with a new prompt every fourth change.
+
+    Control latency: from ``Engine.set`` to the moment the first block generated under the
+    change is ready (for BPM, the block in which the new tempo starts). Audible delay: how
+    far ahead of the playhead that block starts.
+    """
+    import torch
+
+    from cadenza.live import LIVE_CONFIG, Engine, PacedSink
+    from cadenza.stream import System
+
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    with System(model, config=LIVE_CONFIG) as system:
+        engine = Engine(system, prompts=[[LIVE_PROMPTS[0], 1.0]])
+        kinds: list[str] = []
+        next_change = [every]
+
+        def change(t: float) -> None:
+            if t < next_change[0]:
+                return
+            next_change[0] += every
+            i = len(kinds)
+            if i % 2:
+                kinds.append("bpm")
+                engine.set(bpm=float(rng.integers(70, 170)))
+            else:
+                kinds.append("blend")
+                a, b = rng.choice(len(LIVE_PROMPTS), 2, replace=False) if i % 4 == 0 else (0, 1)
+                w = float(rng.random())
+                engine.set(prompts=[[LIVE_PROMPTS[a], 1 - w], [LIVE_PROMPTS[b], w]])
+
+        start = time.perf_counter()
+        with engine:
+            PacedSink(engine, speed=speed).run(seconds, change)
+        wall = time.perf_counter() - start
+        stats = engine.stats
+    lat = np.array(stats.latencies) * 1e3
+    delay = np.array(stats.delays) * 1e3
+    pct = lambda a, q: round(float(np.percentile(a, q)), 1) if len(a) else None  # noqa: E731
+    return {
+        "music_s": seconds,
+        "wall_s": round(wall, 1),
+        "speed": speed,
+        "threads": threads,
+        "block_s": LIVE_CONFIG.chunk_seconds,
+        "lead_s": engine.lead_seconds,
+        "margin_s": engine.margin_seconds,
+        "changes": len(kinds),
+        "changes_measured": len(lat),
+        "latency_ms": {"p50": pct(lat, 50), "p95": pct(lat, 95), "max": pct(lat, 100)},
+        "audible_delay_ms": {"p50": pct(delay, 50), "p95": pct(delay, 95), "max": pct(delay, 100)},
+        "underruns": stats.underruns,
+        "underrun_s": round(stats.underrun_frames / LIVE_CONFIG.sample_rate, 3),
+        "blocks": stats.blocks,
+        "cancelled_blocks": stats.cancelled,
+        "errors": stats.errors,
+    }
 
 
 def run_bench(

@@ -197,6 +197,10 @@ class _Block:
     version: int  # the control version it was generated under
     pos: int = 0  # frames already read
 
+    @property
+    def end(self) -> float:
+        return self.after.seconds
+
 
 @dataclass
 class _Request:
@@ -217,6 +221,7 @@ class Stats:
     latencies: list[float] = field(default_factory=list)
     delays: list[float] = field(default_factory=list)
     blocks: int = 0
+    block_seconds: list[float] = field(default_factory=list)  # wall time to make each block
     cancelled: int = 0
     dropped_seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
@@ -230,6 +235,8 @@ class Engine:
         lead_seconds: how far the generator runs ahead of playback at most.
         margin_seconds: audio within this much of the playhead is never replaced; it
             covers making the next block after a change.
+        first_block_seconds: the length of the first block after a change (shorter than
+            the others, so that it is ready, and heard, sooner).
         settings: the starting controls (or give ``prompts``/``prompt`` and keywords).
         echo: the musician's notes (``hear``) are also played through the synth.
     """
@@ -241,6 +248,7 @@ class Engine:
         *,
         lead_seconds: float = 1.0,
         margin_seconds: float = 0.1,
+        first_block_seconds: float = 0.1,
         echo: bool = True,
         **controls: object,
     ) -> None:
@@ -249,7 +257,10 @@ class Engine:
             raise ValueError("lead_seconds must be at least margin_seconds plus one block")
         self.system = system
         self.sample_rate = system.config.sample_rate
+        if not 0.05 <= first_block_seconds <= chunk:
+            raise ValueError("first_block_seconds must be between 0.05 s and one block")
         self.lead_seconds, self.margin_seconds, self.echo = lead_seconds, margin_seconds, echo
+        self.first_block_seconds = first_block_seconds
         self.settings, _ = apply_changes(settings or Settings(), controls)
         self.stats = Stats()
         self._cond = threading.Condition()
@@ -447,15 +458,26 @@ class Engine:
             return None
         return self.system.embed_style([(w, t) for t, w in settings.prompts])
 
-    def _rollback(self) -> State:
-        """Drop the blocks beyond the margin; the state to go on from. Holds the lock."""
+    def _rollback(self, tempo_only: bool = False) -> State:
+        """Drop the blocks beyond the margin; the state to go on from. Holds the lock.
+
+        A tempo change takes effect at a beat: for one alone, the blocks that end before
+        that beat are kept too, so the first new block is the one the new tempo starts in.
+        """
         margin = round(self.margin_seconds * self.sample_rate)
+        blocks = list(self._buffer)
         kept, ahead = 0, 0
-        for block in self._buffer:
+        for block in blocks:
             if ahead >= margin and block.pos == 0:
                 break
             ahead += len(block.audio) - block.pos
             kept += 1
+        if tempo_only and kept < len(blocks):
+            tempo = blocks[kept].after.tempo
+            beat = math.ceil(tempo.beats(blocks[kept].start) - 1e-6)
+            change_at = float(tempo.seconds(beat))
+            while kept < len(blocks) and blocks[kept].end <= change_at + 1e-9:
+                kept += 1
         while len(self._buffer) > kept:
             dropped = self._buffer.pop()
             self.stats.dropped_seconds += len(dropped.audio) / self.sample_rate
@@ -489,7 +511,10 @@ class Engine:
                 heard, self._heard = self._heard, []
                 self._cancel.clear()
                 version = self._version
-                state = self._rollback() if changes or heard else self._tip
+                if changes or heard:
+                    state = self._rollback(tempo_only=not heard and set(changes) == {"bpm"})
+                else:
+                    state = self._tip
             if changes:
                 try:
                     new, reset = apply_changes(settings, changes)
@@ -505,12 +530,22 @@ class Engine:
                 settings, opts = new, new.options()
                 self.settings = settings
             if heard:
-                at = state.cursor.tick
+                at = round(state.tempo.beats(state.seconds) * TICKS_PER_BEAT)  # inject moves
+                # them on past tokens already generated beyond this point
                 state = system.inject(state, [replace(n, onset=at) for n in heard], sound=self.echo)
+            length = None
+            if changes or heard:
+                length = self.first_block_seconds
+                if set(changes) == {"bpm"}:  # reach the beat where the new tempo starts
+                    beat = math.ceil(state.tempo.beats(state.seconds) - 1e-6)
+                    length += float(state.tempo.seconds(beat)) - state.seconds
             with self._cond:
                 self._tip = state
+            began = time.perf_counter()
             try:
-                chunk, after = system.generate_chunk(state, style, opts, cancel=self._cancel.is_set)
+                chunk, after = system.generate_chunk(
+                    state, style, opts, cancel=self._cancel.is_set, seconds=length
+                )
             except Cancelled:
                 self.stats.cancelled += 1
                 continue
@@ -523,6 +558,7 @@ class Engine:
                 self._buffer.append(block)
                 self._tip = after
                 self.stats.blocks += 1
+                self.stats.block_seconds.append(now - began)
                 self._acknowledge(block, now)
                 self._cond.notify_all()
 
@@ -530,7 +566,7 @@ class Engine:
         """Record the latency of the changes this block is the first to carry. Holds the lock."""
         self._unacked.extend(r for r in self._requests if r.version <= block.version)
         self._requests = [r for r in self._requests if r.version > block.version]
-        end_beat = block.after.tempo.beats(block.start + self.system.config.chunk_seconds)
+        end_beat = block.after.tempo.beats(block.end)
         ahead = sum(len(b.audio) - b.pos for b in self._buffer) - len(block.audio)
         start = self.played_seconds + ahead / self.sample_rate
         waiting = []

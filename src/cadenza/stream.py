@@ -206,15 +206,56 @@ class System:
 
     # ---- style -------------------------------------------------------------------------
 
-    def embed_style(self, style: str | Sequence[tuple[float, str | np.ndarray]]) -> np.ndarray:
-        """A style vector for a prompt, or for a weighted blend ``[(weight, prompt or vector)]``."""
-        if isinstance(style, str):
-            return self.text.encode([style])[0]
+    def embed_style(
+        self,
+        style: str | Waveform | os.PathLike | Sequence[tuple[float, object]],
+    ) -> np.ndarray:
+        """A style vector for a prompt, a recording, or a weighted blend of them.
+
+        ``style`` is a text prompt, a ``Waveform`` (any sample rate and channel count), a
+        ``pathlib.Path`` to an audio file, or a list ``[(weight, item)]`` of those and of
+        384-d style vectors, e.g. ``[(2.0, wave), (1.0, "heavy organ")]``. A ``str`` is a
+        prompt unless it names an existing audio file (``audio_style.audio_source`` has the
+        rule); a ``Path`` is always a file. The weights are normalised once, by ``blend``.
+        Recordings go through the audio style encoder (``audio_style``), which is loaded on
+        first use.
+
+        Raises:
+            StyleError: an empty or too long prompt, bad weights, or an item of another type.
+            AudioError: audio that gives no style: an unreadable file, or audio that is
+                empty, shorter than 0.5 s, not finite, or silent.
+        """
+        if isinstance(style, str | Waveform | os.PathLike):
+            return self._embed_items([style])[0]
         if not isinstance(style, Sequence) or isinstance(style, bytes):
             raise StyleError(f"cannot make a style from {type(style).__name__}")
-        texts = [s for _, s in style if isinstance(s, str)]
-        embedded = iter(self.text.encode(texts)) if texts else iter(())
-        return blend([(w, next(embedded) if isinstance(s, str) else s) for w, s in style])
+        parts = list(style)
+        if not all(isinstance(p, Sequence) and len(p) == 2 for p in parts):
+            raise StyleError("a blend is a list of (weight, prompt, audio or vector) pairs")
+        vectors = self._embed_items([item for _, item in parts])
+        return blend([(w, vec) for (w, _), vec in zip(parts, vectors)])
+
+    def _embed_items(self, items: list[object]) -> list[np.ndarray]:
+        """Unit style vectors of prompts and recordings (prompts in one batch); vectors as given."""
+        from cadenza.audio_style import AudioStyleEncoder, audio_source
+
+        out: list[np.ndarray | None] = [None] * len(items)
+        texts: dict[int, str] = {}
+        for i, item in enumerate(items):
+            if isinstance(item, np.ndarray):
+                out[i] = item
+            elif (source := audio_source(item)) is not None:
+                if getattr(self, "_audio_encoder", None) is None:
+                    self._audio_encoder = AudioStyleEncoder()
+                out[i] = self._audio_encoder.embed(source)
+            elif isinstance(item, str):
+                texts[i] = item
+            else:
+                raise StyleError(f"cannot make a style from {type(item).__name__}")
+        if texts:
+            for i, vec in zip(texts, self.text.encode(list(texts.values()))):
+                out[i] = vec
+        return out  # type: ignore[return-value]
 
     def _modulation(self, style: np.ndarray | None, controls: Controls) -> torch.Tensor:
         """Per-layer conditioning for [style, null style] (both rows with the controls),
@@ -327,6 +368,7 @@ class System:
         options: GenerationOptions | None = None,
         *,
         cancel: Callable[[], bool] | None = None,
+        seconds: float | None = None,
         **overrides: object,
     ) -> tuple[Chunk, State]:
         """The next chunk of audio and the state after it. ``state`` is not modified.
@@ -340,10 +382,13 @@ class System:
             options: sampling knobs; keyword ``overrides`` replace single fields of it.
             cancel: polled between tokens; when it returns True the call raises
                 ``Cancelled`` (the live engine uses it to act on a control change at once).
+            seconds: this chunk's length, instead of the configured ``chunk_seconds`` (at
+                least the crossfade; the live engine makes the first block after a change
+                short, to be heard sooner).
 
         Returns:
             (chunk, new_state): ``chunk`` is stereo at the system's rate, exactly
-            ``chunk_seconds`` long, and carries the notes that start in it.
+            ``seconds`` (or ``chunk_seconds``) long, and carries the notes that start in it.
         """
         opts = replace(options or GenerationOptions(), **overrides)
         if isinstance(style, str):
@@ -356,7 +401,10 @@ class System:
             rng.bit_generator.state = state.rng
 
         cfg, sr = self.config, self.config.sample_rate
-        t0, t1 = state.seconds, state.seconds + cfg.chunk_seconds
+        length = cfg.chunk_seconds if seconds is None else float(seconds)
+        if not (math.isfinite(length) and max(cfg.crossfade_seconds, 0.01) <= length <= 60):
+            raise ValueError(f"a chunk lasts between the crossfade and 60 s, got {seconds}")
+        t0, t1 = state.seconds, state.seconds + length
         if opts.bpm is not None:
             next_beat = math.ceil(state.tempo.beats(t0) - 1e-6)
             state.tempo = state.tempo.with_bpm(next_beat, opts.bpm)

@@ -1,0 +1,213 @@
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from cadenza import vocab
+from cadenza.audio import concatenate
+from cadenza.live import LIVE_CONFIG, Engine, PacedSink, Recorder, Settings, apply_changes
+from cadenza.stream import System
+
+STYLE = np.random.default_rng(3).standard_normal(384).astype(np.float32)
+SR = LIVE_CONFIG.sample_rate
+
+
+@pytest.fixture(scope="module")
+def live_system(system):
+    with System(system.model, config=LIVE_CONFIG, text=system.text) as s:
+        yield s
+
+
+def engine_for(system: System, **kw) -> Engine:
+    engine = Engine(system, **kw)
+    engine._style = STYLE  # a fixed style vector: no text encoder needed
+    return engine
+
+
+def play(engine: Engine, seconds: float, speed: float | None = None) -> np.ndarray:
+    """Read ``seconds`` of audio: ``speed`` times real time, or as fast as it comes."""
+    out = []
+    PacedSink(engine, speed=speed, on_audio=lambda audio, notes: out.append(audio)).run(seconds)
+    return np.concatenate(out)
+
+
+def test_without_changes_the_engine_plays_what_generate_chunk_makes(live_system):
+    with engine_for(live_system, seed=5) as engine:
+        heard = play(engine, 2.0)
+    state = live_system.init_state(seed=5)
+    chunks = []
+    for _ in range(8):
+        chunk, state = live_system.generate_chunk(state, STYLE, engine.settings.options())
+        chunks.append(chunk)
+    expected = concatenate(chunks).samples
+    assert heard.shape == expected.shape
+    assert np.array_equal(heard, expected)
+    assert engine.stats.underruns == 0
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(volume=3), "unknown control 'volume'"),
+        (dict(bpm=0), "bpm must be between"),
+        (dict(bpm=float("nan")), "bpm must be between"),
+        (dict(temperature=-0.5), "temperature must be between"),
+        (dict(temperature=float("nan")), "temperature must be between"),
+        (dict(temperature="hot"), "temperature must be a number"),
+        (dict(guidance=1e9), "guidance must be between"),
+        (dict(prompts=[["a", 0.0]]), "sum to zero"),
+        (dict(prompts="jig"), "a list of .text, weight. pairs"),
+        (dict(prompts=[["x", 1]] * 9), "1 to 8 prompts"),
+        (dict(prompt=""), "empty"),
+        (dict(prompt="x" * 100_000), "the limit is 2000"),
+        (dict(mute="kazoo-harp"), "unknown instrument"),
+        (dict(mute=300), "instrument numbers"),
+        (dict(seed=-1), "seed must be"),
+        (dict(reset="yes"), "reset must be"),
+    ],
+)
+def test_bad_controls_are_refused_and_change_nothing(live_system, changes, message):
+    engine = engine_for(live_system, temperature=0.8)
+    before = engine.settings
+    with pytest.raises(ValueError, match=message):
+        engine.set(**changes)
+    assert engine.settings == before and not engine._pending
+
+
+def test_controls_apply_while_playing(live_system):
+    with engine_for(live_system, lead_seconds=1.0) as engine:
+        play(engine, 1.0)
+        engine.set(bpm=90.0, temperature=0.7, top_k=10, guidance=1.5, density=2.0)
+        play(engine, 2.0)
+        assert engine.settings.bpm == 90.0 and engine.settings.temperature == 0.7
+        tempo = engine.score().tempo
+        assert tempo.changes[-1][1] == 90.0
+        beat = tempo.changes[-1][0]
+        assert beat == math.floor(beat), "a new tempo starts on a beat"
+        assert tempo.seconds(beat) >= 1.0, "audio already played keeps its tempo"
+        assert len(engine.stats.latencies) >= 1
+        assert engine.status()["bpm"] == 90.0
+
+
+def fill(engine: Engine, seconds: float) -> None:
+    """Wait until the generator has run ``seconds`` ahead of the playhead."""
+    deadline = time.monotonic() + 30
+    while engine.buffered_seconds < seconds and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_played_audio_is_kept_and_the_seam_has_no_click(live_system):
+    with engine_for(live_system, seed=1, temperature=1.2, lead_seconds=1.5) as engine:
+        before = play(engine, 1.0)
+        fill(engine, 1.2)
+        engine.set(temperature=0.9, seed=9)  # a new random stream
+        after = play(engine, 3.0, speed=2.0)
+    reference = engine_for(live_system, seed=1, temperature=1.2)
+    with reference:
+        assert np.array_equal(play(reference, 1.0), before)  # what was heard stays heard
+    audio = np.concatenate([before, after])
+    jumps = np.abs(np.diff(audio, axis=0)).max(axis=1)
+    assert jumps.max() > 0, "silent"
+    assert engine.stats.dropped_seconds > 0, "the change replaced buffered audio"
+    seam = round(engine.stats.delays[0] * SR) + len(before)
+    near = slice(seam - SR // 100, seam + SR // 100)
+    assert jumps[near].max() <= np.percentile(jumps, 99.9)
+
+
+def test_mute_silences_an_instrument(live_system):
+    with engine_for(live_system, seed=2, prompts=[["a reel for fiddle", 1.0]]) as engine:
+        engine._style = STYLE
+        play(engine, 0.5)
+        engine.set(mute="fiddle")
+        play(engine, 3.0)
+        played = engine.played_seconds
+        score = engine.score()
+    late = [
+        n for n in score.notes if score.tempo.seconds(n.onset / 12) > 0.5 + 1.0 and n.program == 40
+    ]
+    assert played > 3 and not late
+    assert engine.settings.muted == (40,)
+
+
+def test_mute_everything_gives_silence_not_an_error(live_system):
+    with engine_for(live_system, seed=4, prompts=[["a reel for fiddle", 1.0]]) as engine:
+        engine._style = STYLE
+        engine.set(mute="fiddle")
+        audio = play(engine, 6.0)
+        assert not engine.stats.errors
+    assert np.abs(audio[-SR:]).max() < 1e-3
+
+
+def test_reset_clears_the_context_and_keeps_time(live_system):
+    with engine_for(live_system, seed=3) as engine:
+        play(engine, 1.0)
+        tokens_before = len(engine._tip.tokens)
+        engine.set(reset=True)
+        play(engine, 0.5)
+        tip = engine._tip
+        assert tip.tokens[0] == vocab.BOS and vocab.BOS not in tip.tokens[1:]
+        assert tip.seconds > 1.0 and tokens_before > 1
+
+
+def test_heard_notes_enter_the_context_and_the_recording(live_system):
+    with engine_for(live_system, seed=6, lead_seconds=0.6) as engine:
+        play(engine, 0.5)
+        engine.hear([(61, 100, 0.5, 0), (65, 90, 0.25, 0)])
+        play(engine, 4.0)
+        score = engine.score()
+    assert {61, 65} <= {n.pitch for n in score.notes if n.program == 0}
+
+
+def test_paced_sink_plays_in_real_time_without_underruns(live_system):
+    engine = engine_for(live_system)
+    changes = iter([1.0, 2.0, 3.0])
+    due = [next(changes)]
+
+    def every(t: float) -> None:
+        if due and t >= due[0]:
+            engine.set(bpm=100.0 + 10 * t)
+            due[:] = [next(changes, None)] if due[0] < 3.0 else []
+
+    with engine:
+        PacedSink(engine, speed=2.0).run(4.0, every)  # 4 s of music in 2 s
+    assert engine.stats.underruns == 0, engine.stats
+    assert len(engine.stats.latencies) >= 2
+    assert engine.played_seconds == pytest.approx(4.0)
+
+
+def test_underruns_are_counted(live_system):
+    engine = engine_for(live_system)
+    with engine:
+        play(engine, 0.5)
+        engine.stop()
+        engine.read(4800)  # the generator has stopped: the buffer runs dry
+        for _ in range(10):
+            engine.read(4800)
+    assert engine.stats.underruns >= 1
+
+
+def test_recorder_writes_exactly_what_was_played(live_system, tmp_path):
+    path = tmp_path / "session.wav"
+    with engine_for(live_system) as engine:
+        recorder = Recorder(engine, str(path))
+        heard = play(engine, 1.0)
+        assert not path.exists(), "the file appears only when complete"
+        recorder.close()
+    data, rate = sf.read(path, dtype="float32")
+    assert rate == SR and data.shape == heard.shape
+    assert np.abs(data - heard).max() < 1e-4 + 1.0 / 32768
+
+
+def test_settings_take_key_meter_and_instruments_from_the_heaviest_prompt():
+    s, reset = apply_changes(
+        Settings(),
+        {"prompts": [["a waltz in A minor for piano", 1.0], ["a jig in D major", 3.0]]},
+    )
+    opts = s.options()
+    assert not reset
+    assert opts.key is not None and opts.meter == (6, 8)  # from the jig: it weighs more
+    assert opts.instruments == (0,)  # only the waltz names an instrument
