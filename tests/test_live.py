@@ -163,7 +163,7 @@ def test_heard_notes_enter_the_context_and_the_recording(live_system):
 
 
 def test_paced_sink_plays_in_real_time_without_underruns(live_system):
-    engine = engine_for(live_system)
+    engine = engine_for(live_system, margin_seconds=0.25, lead_seconds=1.5)
     changes = iter([1.0, 2.0, 3.0])
     due = [next(changes)]
 
