@@ -144,7 +144,19 @@ def measure_live(
         stats = engine.stats
     lat = np.array(stats.latencies) * 1e3
     delay = np.array(stats.delays) * 1e3
+    kind = np.array(stats.kinds)
     pct = lambda a, q: round(float(np.percentile(a, q)), 1) if len(a) else None  # noqa: E731
+    by_kind = {
+        k: {
+            "n": int((kind == k).sum()),
+            "latency_ms": {"p50": pct(lat[kind == k], 50), "p95": pct(lat[kind == k], 95)},
+            "audible_delay_ms": {
+                "p50": pct(delay[kind == k], 50),
+                "p95": pct(delay[kind == k], 95),
+            },
+        }
+        for k in ("controls", "bpm")
+    }
     return {
         "music_s": seconds,
         "wall_s": round(wall, 1),
@@ -157,12 +169,35 @@ def measure_live(
         "changes_measured": len(lat),
         "latency_ms": {"p50": pct(lat, 50), "p95": pct(lat, 95), "max": pct(lat, 100)},
         "audible_delay_ms": {"p50": pct(delay, 50), "p95": pct(delay, 95), "max": pct(delay, 100)},
+        "by_kind": by_kind,
         "underruns": stats.underruns,
         "underrun_s": round(stats.underrun_frames / LIVE_CONFIG.sample_rate, 3),
         "blocks": stats.blocks,
         "cancelled_blocks": stats.cancelled,
         "errors": stats.errors,
     }
+
+
+def run_live_bench(
+    model: str, seconds: float, every: float, speed: float, as_json: bool, out: str | None
+) -> dict:
+    import torch
+
+    result = {
+        "machine": {
+            "cpu": _cpu_name(),
+            "cores": os.cpu_count() or 1,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
+        "model": model,
+        "command": "cadenza " + " ".join(sys.argv[1:]),
+        "live": measure_live(model, seconds, every=every, speed=speed),
+    }
+    print(json.dumps(result, indent=None if as_json else 2))
+    if out:
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 def run_bench(

@@ -251,10 +251,46 @@ def cmd_data_build(args: argparse.Namespace) -> None:
     run(args)
 
 
-def cmd_bench(args: argparse.Namespace) -> None:
-    from cadenza.bench import run_bench
+def cmd_data_clips(args: argparse.Namespace) -> None:
+    from cadenza.clips import ClipError, run
 
+    try:
+        run(args)
+    except ClipError as e:
+        raise UserError(str(e)) from None
+
+
+def cmd_train_audio(args: argparse.Namespace) -> None:
+    from cadenza.audio_style import run_training
+    from cadenza.clips import ClipError
+
+    try:
+        run_training(args)
+    except ClipError as e:
+        raise UserError(str(e)) from None
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from cadenza.bench import run_bench, run_live_bench
+
+    if args.live is not None:
+        run_live_bench(args.model, args.live, args.every, args.speed, args.json, args.out)
+        return
     run_bench(model=args.model, seconds=args.seconds, as_json=args.json, out=args.out)
+
+
+def cmd_live(args: argparse.Namespace) -> None:
+    from cadenza.live import LiveError
+    from cadenza.midi import MidiError
+    from cadenza.terminal import run_live
+
+    _output_path(args.out, "--out")
+    _output_path(args.midi, "--midi")
+    try:
+        summary = run_live(args)
+    except (LiveError, MidiError) as e:
+        raise UserError(str(e)) from None
+    print(f"cadenza: {summary}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -300,6 +336,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(db)
     db.set_defaults(func=cmd_data_build)
+    dc = dsub.add_parser("clips", help="render corpus clips to train the audio style encoder")
+    from cadenza.clips import add_arguments as add_clip_arguments
+
+    add_clip_arguments(dc)
+    dc.set_defaults(func=cmd_data_clips)
+
+    ta = sub.add_parser("train-audio", help="train the audio style encoder on rendered clips")
+    from cadenza.audio_style import add_arguments as add_audio_arguments
+
+    add_audio_arguments(ta)
+    ta.set_defaults(func=cmd_train_audio)
 
     e = sub.add_parser("eval", help="measure prompt adherence and musical statistics")
     from cadenza.evaluate import add_arguments as add_eval_arguments
@@ -315,7 +362,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--out", help="also write the JSON to this file")
+    b.add_argument(
+        "--live",
+        type=_positive_seconds,
+        metavar="SECONDS",
+        help="instead: play SECONDS of music through the live engine on a real-time clock, "
+        "changing a control every --every seconds; report control latency and underruns",
+    )
+    b.add_argument(
+        "--every", type=_positive_seconds, default=3.0, help="seconds between control changes"
+    )
+    b.add_argument(
+        "--speed",
+        type=_positive_seconds,
+        default=1.0,
+        help="--live clock speed (1: real time; 2: twice as fast, a harder test)",
+    )
     b.set_defaults(func=cmd_bench)
+
+    lv = sub.add_parser("live", help="play it live: sound card, keys, MIDI in and out")
+    from cadenza.terminal import add_arguments as add_live_arguments
+
+    add_live_arguments(lv)
+    lv.set_defaults(func=cmd_live)
     return parser
 
 

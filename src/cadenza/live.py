@@ -220,6 +220,7 @@ class Stats:
     underrun_frames: int = 0
     latencies: list[float] = field(default_factory=list)
     delays: list[float] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)  # "bpm" (a tempo change alone) or "controls"
     blocks: int = 0
     block_seconds: list[float] = field(default_factory=list)  # wall time to make each block
     cancelled: int = 0
@@ -324,7 +325,7 @@ class Engine:
         with self._cond:
             self._pending = merged
             self._version += 1
-            bpm = changes.get("bpm")
+            bpm = changes.get("bpm") if set(changes) == {"bpm"} else None
             self._requests.append(
                 _Request(self._version, time.perf_counter(), self.played_seconds, bpm)
             )
@@ -576,6 +577,7 @@ class Engine:
                 continue
             self.stats.latencies.append(now - r.time)
             self.stats.delays.append(max(start - r.playhead, 0.0))
+            self.stats.kinds.append("controls" if r.bpm is None else "bpm")
         self._unacked = waiting
 
 
