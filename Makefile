@@ -15,11 +15,13 @@ STEPS ?= 1400
 setup: $(VENV)/.installed
 
 # torch first, pinned, so that nothing later pulls a CUDA build; tinysoundfont with --no-deps
-# because its pyaudio dependency needs PortAudio headers and cadenza never uses it.
+# because its pyaudio dependency needs PortAudio headers and cadenza never uses it;
+# basic-pitch with --no-deps because its metadata asks for TensorFlow (cadenza runs its ONNX
+# model with onnxruntime; its real dependencies are in pyproject.toml).
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q torch==2.13.0
-	$(BIN)/pip install --disable-pip-version-check -q --no-deps tinysoundfont==0.3.7
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps tinysoundfont==0.3.7 basic-pitch==0.4.0
 	$(BIN)/pip install --disable-pip-version-check -q -e '.[dev]'
 	touch $@
 
