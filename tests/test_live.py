@@ -211,3 +211,20 @@ def test_settings_take_key_meter_and_instruments_from_the_heaviest_prompt():
     assert not reset
     assert opts.key is not None and opts.meter == (6, 8)  # from the jig: it weighs more
     assert opts.instruments == (0,)  # only the waltz names an instrument
+
+
+def test_a_muted_current_instrument_must_switch_before_its_next_note():
+    from cadenza.sampling import GrammarFilter, InstrumentFilter
+    from cadenza.tokenizer import Cursor
+
+    cursor = Cursor()
+    for token in (vocab.bar(0), vocab.pos(0), vocab.inst(0), vocab.vel(8), vocab.pitch(60)):
+        cursor.step(token)
+    cursor.step(vocab.dur(0))  # a piano note: piano is the bar's current instrument
+    logits = np.zeros(vocab.VOCAB_SIZE, np.float32)
+    GrammarFilter().apply(logits, cursor)
+    assert np.isfinite(logits[vocab.pitch(61)]), "the grammar alone allows another piano note"
+    InstrumentFilter(muted=(0,)).apply(logits, cursor)
+    assert not np.isfinite(logits[vocab.PITCH_OFFSET : vocab.DUR_OFFSET]).any()
+    assert not np.isfinite(logits[vocab.VEL_OFFSET : vocab.PITCH_OFFSET]).any()
+    assert np.isfinite(logits[vocab.inst(40)]) and not np.isfinite(logits[vocab.inst(0)])

@@ -29,7 +29,7 @@ import numpy as np
 
 from cadenza.controls import key_name
 from cadenza.prompt import INSTRUMENTS, parse_prompt
-from cadenza.score import Note, Score, check_bpm, write_atomic
+from cadenza.score import Note, Score, TempoMap, check_bpm, write_atomic
 from cadenza.stream import Cancelled, GenerationOptions, State, StreamConfig, System
 from cadenza.style import StyleError, check_prompt
 from cadenza.vocab import NUM_INSTRUMENTS, TICKS_PER_BEAT
@@ -275,6 +275,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._running = False
         self._played_frames = 0
+        self._stream_seconds = 0.0
         self._started_playing = False
         self._listeners: list[Callable[[np.ndarray], None]] = []
         opts = self.settings.options()
@@ -355,6 +356,16 @@ class Engine:
         return self._played_frames / self.sample_rate
 
     @property
+    def stream_seconds(self) -> float:
+        """Seconds of music played (unlike ``played_seconds``: no silence, no underruns)."""
+        return self._stream_seconds
+
+    @property
+    def tempo(self) -> TempoMap:
+        """The tempo map of the music being played."""
+        return self._committed.tempo
+
+    @property
     def buffered_seconds(self) -> float:
         with self._cond:
             return self._buffered_frames() / self.sample_rate
@@ -399,6 +410,7 @@ class Engine:
                 out[filled : filled + take] = block.audio[block.pos : block.pos + take]
                 block.pos += take
                 filled += take
+                self._stream_seconds = block.start + block.pos / self.sample_rate
                 if block.pos == len(block.audio):
                     self._buffer.popleft()
             if filled:
@@ -420,7 +432,7 @@ class Engine:
         """The music played so far (notes that started before the playhead)."""
         with self._cond:
             state = self._committed
-        end = state.tempo.beats(self.played_seconds) * TICKS_PER_BEAT
+        end = state.tempo.beats(self.stream_seconds) * TICKS_PER_BEAT
         notes = [n for n in state.notes if n.onset < end]
         return Score(notes, state.tempo, list(state.meters) or [(0, 4, 4)])
 

@@ -106,6 +106,10 @@ class InstrumentFilter:
             if cursor.last == "pos":  # a position opened before the mute: let it finish
                 return
         logits[_span("inst")][self.forbidden] = -np.inf
+        if cursor.inst >= 0 and self.forbidden[cursor.inst] and cursor.last in ("pos", "dur"):
+            # the bar's current instrument was muted (or injected): switch before any note
+            logits[_span("vel")] = -np.inf
+            logits[_span("pitch")] = -np.inf
 
 
 class EnsembleFilter:
