@@ -235,7 +235,9 @@ class Engine:
         system: its chunk length is the block length; ``LIVE_CONFIG`` suits live use.
         lead_seconds: how far the generator runs ahead of playback at most.
         margin_seconds: audio within this much of the playhead is never replaced; it
-            covers making the next block after a change.
+            covers making the next block after a change. It is a floor: when blocks take
+            longer to make (a loaded machine), the margin grows to twice the slowest of
+            the last 20, so that a change never starves the sink.
         first_block_seconds: the length of the first block after a change (shorter than
             the others, so that it is ready, and heard, sooner).
         settings: the starting controls (or give ``prompts``/``prompt`` and keywords).
@@ -471,13 +473,18 @@ class Engine:
             return None
         return self.system.embed_style([(w, t) for t, w in settings.prompts])
 
+    def margin(self) -> float:
+        """The margin now: ``margin_seconds``, or more if recent blocks were slow to make."""
+        recent = self.stats.block_seconds[-20:]
+        return max(self.margin_seconds, 2.0 * max(recent, default=0.0))
+
     def _rollback(self, tempo_only: bool = False) -> State:
         """Drop the blocks beyond the margin; the state to go on from. Holds the lock.
 
         A tempo change takes effect at a beat: for one alone, the blocks that end before
         that beat are kept too, so the first new block is the one the new tempo starts in.
         """
-        margin = round(self.margin_seconds * self.sample_rate)
+        margin = round(self.margin() * self.sample_rate)
         blocks = list(self._buffer)
         kept, ahead = 0, 0
         for block in blocks:
@@ -549,9 +556,9 @@ class Engine:
             length = None
             if changes or heard:
                 length = self.first_block_seconds
-                if set(changes) == {"bpm"}:  # reach the beat where the new tempo starts
+                if set(changes) == {"bpm"}:  # just past the beat where the new tempo starts
                     beat = math.ceil(state.tempo.beats(state.seconds) - 1e-6)
-                    length += float(state.tempo.seconds(beat)) - state.seconds
+                    length = float(state.tempo.seconds(beat)) - state.seconds + 0.05
             with self._cond:
                 self._tip = state
             began = time.perf_counter()
