@@ -257,3 +257,67 @@ def test_concatenate_errors() -> None:
         concatenate([a, _sine(440.0, 0.1, 44100)])
     with pytest.raises(ValueError, match="channels"):
         concatenate([a, _sine(440.0, 0.1, SAMPLE_RATE, channels=1)])
+
+
+# Bounded reading: windows, channel mix-down and header probes
+
+
+def test_max_channels_mixes_down_while_reading(tmp_path: Path) -> None:
+    from cadenza.audio import probe
+
+    path = tmp_path / "eight.wav"
+    wave = _sine(440.0, 2.0, 192000, channels=8)
+    wave.write(path, subtype="FLOAT")
+    info = probe(path)
+    assert (info.frames, info.sample_rate, info.channels) == (wave.num_samples, 192000, 8)
+    assert info.seconds == pytest.approx(2.0)
+    mixed = Waveform.from_file(path, max_channels=2, max_seconds=1.5)
+    assert mixed.num_channels == 1 and mixed.num_samples == round(1.5 * 192000)
+    np.testing.assert_allclose(
+        mixed.samples[:, 0], wave.samples[: mixed.num_samples].mean(axis=1), atol=1e-6
+    )
+    stereo = _sine(440.0, 0.5, SAMPLE_RATE, channels=2)
+    stereo.write(tmp_path / "two.wav", subtype="FLOAT")
+    kept = Waveform.from_file(tmp_path / "two.wav", max_channels=2)
+    np.testing.assert_array_equal(kept.samples, stereo.samples)  # at most 2: left alone
+    with pytest.raises(ValueError, match="max_channels"):
+        Waveform.from_file(path, max_channels=0)
+
+
+def test_probe_errors(tmp_path: Path) -> None:
+    from cadenza.audio import probe
+
+    with pytest.raises(AudioError, match="file not found"):
+        probe(tmp_path / "missing.wav")
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"\x00" * 1000)
+    with pytest.raises(AudioError, match="not a readable audio file"):
+        probe(junk)
+
+
+def test_window_of_an_hour_long_file_costs_only_the_window(tmp_path: Path) -> None:
+    """A 1-hour 8-channel 48 kHz header over sparse zeros: reading 10 s mixed down must
+    allocate about 10 s of one channel, not the hour (that would be 5.5 GB as float32)."""
+    import struct
+    import tracemalloc
+
+    from cadenza.audio import probe
+
+    rate, channels = 48000, 8
+    size = 3600 * rate * channels * 2
+    fmt = struct.pack("<IHHIIHH", 16, 1, channels, rate, rate * channels * 2, channels * 2, 16)
+    header = b"RIFF" + struct.pack("<I", 36 + size) + b"WAVE" + b"fmt " + fmt
+    header += b"data" + struct.pack("<I", size)
+    path = tmp_path / "hour.wav"
+    with open(path, "wb") as f:
+        f.write(header)
+        f.truncate(len(header) + size)  # sparse: no disk blocks are written
+    assert probe(path).seconds == pytest.approx(3600.0)
+    tracemalloc.start()
+    try:
+        wave = Waveform.from_file(path, max_seconds=10.0, max_channels=2)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert wave.num_samples == 10 * rate and wave.num_channels == 1
+    assert peak < 40e6  # 10 s mono float32 is 1.9 MB; blocks of 8 channels add a few MB

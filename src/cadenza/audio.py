@@ -12,7 +12,7 @@ import contextlib
 import os
 import stat
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,7 +77,11 @@ class Waveform:
 
     @classmethod
     def from_file(
-        cls, path: str | os.PathLike[str], *, max_seconds: float | None = None
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        max_seconds: float | None = None,
+        max_channels: int | None = None,
     ) -> Waveform:
         """Reads an audio file in any format ``soundfile`` understands.
 
@@ -85,35 +89,33 @@ class Waveform:
             path: The file to read.
             max_seconds: If given, read at most this many seconds from the start of the
                 file; the rest is never loaded into memory.
+            max_channels: If given and the file has more channels than this, they are mixed
+                down to one channel block by block while reading (what ``as_stereo`` and
+                ``as_mono`` would do anyway), so an 8-channel file costs the memory of one.
 
         Returns:
-            The file's audio at its own sample rate and channel count.
+            The file's audio at its own sample rate (and channel count, unless mixed down).
 
         Raises:
             AudioError: If the file is missing, is not a readable audio file, is corrupt,
                 holds no audio, or holds NaN or infinite samples.
-            ValueError: If ``max_seconds`` is not positive.
+            ValueError: If ``max_seconds`` or ``max_channels`` is not positive.
         """
         if max_seconds is not None and not max_seconds > 0:
             raise ValueError(f"max_seconds must be positive, got {max_seconds}")
-        path = Path(path)
-        if not path.exists():
-            raise AudioError(f"{path}: file not found")
-        if path.is_dir():
-            raise AudioError(f"{path}: is a directory, not an audio file")
-        try:
-            with sf.SoundFile(path) as f:
-                rate = int(f.samplerate)
-                frames = -1
-                if max_seconds is not None:
-                    # At least one frame, so a tiny limit is not mistaken for an empty file.
-                    frames = max(1, round(max_seconds * rate))
+        if max_channels is not None and max_channels < 1:
+            raise ValueError(f"max_channels must be at least 1, got {max_channels}")
+        path = _check_path(path)
+        with _reading(path), sf.SoundFile(path) as f:
+            rate = int(f.samplerate)
+            frames = -1
+            if max_seconds is not None:
+                # At least one frame, so a tiny limit is not mistaken for an empty file.
+                frames = max(1, round(max_seconds * rate))
+            if max_channels is None or f.channels <= max_channels:
                 samples = f.read(frames=frames, dtype="float32", always_2d=True)
-        except (sf.LibsndfileError, RuntimeError) as e:
-            reason = getattr(e, "error_string", None) or str(e)
-            raise AudioError(f"{path}: not a readable audio file ({reason.rstrip('.')})") from e
-        except OSError as e:
-            raise AudioError(f"{path}: cannot be read ({e.strerror or e})") from e
+            else:
+                samples = _read_mixed_down(f, frames)
         if samples.shape[0] == 0:
             raise AudioError(f"{path}: contains no audio")
         if samples.shape[1] == 0:
@@ -207,6 +209,76 @@ class Waveform:
             return self
         mono = self.as_mono().samples
         return Waveform(np.repeat(mono, 2, axis=1), self.sample_rate)
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What an audio file's header says, read without loading its samples."""
+
+    frames: int
+    sample_rate: int
+    channels: int
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def probe(path: str | os.PathLike[str]) -> AudioInfo:
+    """The length, rate and channel count of an audio file, from its header alone.
+
+    A truncated file may claim more frames than it holds; reading it gives what is there.
+
+    Raises:
+        AudioError: the file is missing or not a readable audio file.
+    """
+    path = _check_path(path)
+    with _reading(path):
+        info = sf.info(str(path))
+    if info.samplerate <= 0:
+        raise AudioError(f"{path}: the header gives no sample rate")
+    return AudioInfo(max(int(info.frames), 0), int(info.samplerate), int(info.channels))
+
+
+def _check_path(path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: file not found")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a directory, not an audio file")
+    return path
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turns libsndfile's and the OS's errors into a one-line AudioError naming ``path``."""
+    try:
+        yield
+    except (sf.LibsndfileError, RuntimeError) as e:
+        reason = getattr(e, "error_string", None) or str(e)
+        raise AudioError(f"{path}: not a readable audio file ({reason.rstrip('.')})") from e
+    except OSError as e:
+        raise AudioError(f"{path}: cannot be read ({e.strerror or e})") from e
+
+
+_BLOCK_FRAMES = 1 << 16
+
+
+def _read_mixed_down(f: sf.SoundFile, frames: int) -> np.ndarray:
+    """Up to ``frames`` frames (-1: all) of ``f`` as one channel, mixed a block at a time."""
+    blocks = []
+    left = frames if frames >= 0 else None
+    while left is None or left > 0:
+        n = _BLOCK_FRAMES if left is None else min(_BLOCK_FRAMES, left)
+        block = f.read(frames=n, dtype="float32", always_2d=True)
+        if not len(block):
+            break
+        blocks.append(block.mean(axis=1, keepdims=True))
+        if left is not None:
+            left -= len(block)
+    if not blocks:
+        return np.zeros((0, 1), np.float32)
+    return np.concatenate(blocks)
 
 
 def concatenate(chunks: Sequence[Waveform]) -> Waveform:

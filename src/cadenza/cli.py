@@ -183,6 +183,68 @@ def cmd_render(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_continue(args: argparse.Namespace) -> None:
+    from cadenza.score import check_bpm
+    from cadenza.style import check_prompt
+
+    out = _output_path(args.out, "--out")
+    midi = _output_path(args.midi, "--midi")
+    style = check_prompt(args.style) if args.style is not None else None
+    options = _options(args)
+    if not (math.isfinite(args.style_weight) and args.style_weight >= 0):
+        raise UserError(f"--style-weight must be finite and non-negative, got {args.style_weight}")
+    try:
+        if args.bpm is not None:
+            check_bpm(args.bpm)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if args.threads is not None and args.threads < 1:
+        raise UserError("--threads must be at least 1")
+    import torch
+
+    from cadenza.continuation import analyse_prompt, continue_prompt
+    from cadenza.stream import System
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with System(args.model, soundfont=args.soundfont) as system:
+        print(f"cadenza: {system.model_info}", file=sys.stderr)
+        analysis = analyse_prompt(system, args.prompt, max_seconds=args.max_prompt_seconds)
+        for notice in analysis.notices:
+            print(f"cadenza: {notice}", file=sys.stderr)
+        print(f"cadenza: prompt {analysis.summary()}", file=sys.stderr)
+        from tqdm import tqdm
+
+        bar = tqdm(unit="chunk", disable=not sys.stderr.isatty(), desc="continuing")
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        result = continue_prompt(
+            system,
+            analysis,
+            args.seconds,
+            style=style,
+            style_weight=args.style_weight,
+            options=options,
+            seed=options.seed or 0,
+            bpm=args.bpm,
+            on_chunk=progress,
+        )
+        bar.close()
+        print(f"cadenza: style: {result.style}", file=sys.stderr)
+        result.audio.write(out, subtype=args.subtype)
+        if midi is not None:
+            result.score().to_midi(midi)
+    print(
+        f"cadenza: wrote {out} ({analysis.seconds:.1f} s of prompt + "
+        f"{result.continuation.seconds:.1f} s, {len(result.notes)} new notes)"
+        + (f" and {midi}" if midi else ""),
+        file=sys.stderr,
+    )
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from cadenza.train import TrainError, config_from_args, train
 
@@ -293,6 +355,15 @@ def cmd_live(args: argparse.Namespace) -> None:
     print(f"cadenza: {summary}", file=sys.stderr)
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from cadenza.server import ServeError, config_from_args, serve
+
+    try:
+        serve(config_from_args(args), host=args.host, port=args.port)
+    except (ValueError, ServeError) as e:
+        raise UserError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cadenza", description="Local real-time music generator.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -323,6 +394,29 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--soundfont", help="SoundFont (.sf2/.sf3) to render with")
     r.add_argument("--subtype", default="PCM_16", choices=["PCM_16", "PCM_24", "FLOAT"])
     r.set_defaults(func=cmd_render)
+
+    c = sub.add_parser("continue", help="continue a recording or a MIDI file")
+    c.add_argument("prompt", help="audio file (WAV, FLAC, OGG...) or MIDI file to continue")
+    c.add_argument(
+        "--seconds", type=_positive_seconds, default=20.0, help="new music to add (default 20)"
+    )
+    c.add_argument("--out", default="out.wav", help="WAV file to write (default out.wav)")
+    c.add_argument("--midi", help="MIDI file to write as well (the prompt's notes and the new)")
+    c.add_argument("--style", help="text style blended with the prompt's own style")
+    c.add_argument(
+        "--style-weight", type=float, default=1.0, help="weight of --style against 1 (default 1)"
+    )
+    c.add_argument(
+        "--max-prompt-seconds",
+        type=_positive_seconds,
+        default=30.0,
+        help="use at most this much of the prompt, from its start (default 30)",
+    )
+    c.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    c.add_argument("--subtype", default="PCM_16", choices=["PCM_16", "PCM_24", "FLOAT"])
+    c.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    _add_sampling_args(c)
+    c.set_defaults(func=cmd_continue)
 
     t = sub.add_parser("train", help="train a model on a corpus (torchrun-ready)")
     _add_train_args(t, finetune=False)
@@ -385,6 +479,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_live_arguments(lv)
     lv.set_defaults(func=cmd_live)
+
+    sv = sub.add_parser("serve", help="the web UI: play it live in a browser")
+    from cadenza.server import add_arguments as add_serve_arguments
+
+    add_serve_arguments(sv)
+    sv.set_defaults(func=cmd_serve)
     return parser
 
 

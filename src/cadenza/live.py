@@ -31,7 +31,7 @@ from cadenza.controls import key_name
 from cadenza.prompt import INSTRUMENTS, parse_prompt
 from cadenza.score import Note, Score, TempoMap, check_bpm, write_atomic
 from cadenza.stream import Cancelled, GenerationOptions, State, StreamConfig, System
-from cadenza.style import StyleError, check_prompt
+from cadenza.style import StyleError, blend, check_prompt
 from cadenza.vocab import NUM_INSTRUMENTS, TICKS_PER_BEAT
 
 LIVE_CONFIG = StreamConfig(chunk_seconds=0.25, context_seconds=10.0, crossfade_seconds=0.02)
@@ -471,7 +471,9 @@ class Engine:
     def _embed(self, settings: Settings) -> np.ndarray | None:
         if not settings.prompts:
             return None
-        return self.system.embed_style([(w, t) for t, w in settings.prompts])
+        # text only: a prompt typed by a (remote) user must never be read as a file path
+        vectors = self.system.text.encode([t for t, _ in settings.prompts])
+        return blend([(w, v) for (_, w), v in zip(settings.prompts, vectors)])
 
     def margin(self) -> float:
         """The margin now: ``margin_seconds``, or more if recent blocks were slow to make."""

@@ -277,8 +277,20 @@ class System:
 
     # ---- streaming -----------------------------------------------------------------------
 
-    def init_state(self, *, seed: int = 0, bpm: float | None = None) -> State:
-        """A fresh stream at ``bpm`` (120 by default) with its random stream seeded by ``seed``."""
+    def init_state(
+        self, *, seed: int = 0, bpm: float | None = None, prompt: object = None
+    ) -> State:
+        """A fresh stream at ``bpm`` (120 by default) with its random stream seeded by ``seed``.
+
+        ``prompt`` (a Waveform, or an audio or MIDI file) seeds the stream with that music:
+        it is transcribed or read, its notes fill the context, the tempo map is its tempo and
+        the clock starts at its end (``cadenza.continuation.prompt_state``). The state's
+        ``prompt`` then says what to keep: pass ``state.prompt.options()`` to each chunk.
+        """
+        if prompt is not None:
+            from cadenza.continuation import prompt_state
+
+            return prompt_state(self, prompt, seed=seed, bpm=bpm)
         tempo = TempoMap.constant(check_bpm(bpm)) if bpm is not None else TempoMap()
         rng = np.random.Generator(np.random.PCG64(seed))
         sr = self.config.sample_rate

@@ -61,17 +61,19 @@ class TextEncoder:
         """Unit-length embeddings (N, 384) of ``texts`` (recent prompts are remembered)."""
         texts = [check_prompt(t) for t in texts]
         with self._lock:
-            new = list(dict.fromkeys(t for t in texts if t not in self._cache))
+            found = {t: self._cache[t] for t in texts if t in self._cache}
+            new = list(dict.fromkeys(t for t in texts if t not in found))
             if new:
                 out = self._load().encode(
                     new, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
                 )
                 out = np.asarray(out, dtype=np.float32).reshape(len(new), STYLE_DIM)
                 for t, vec in zip(new, out):
+                    found[t] = vec
                     if len(self._cache) >= self._cache_size:
                         self._cache.pop(next(iter(self._cache)))
                     self._cache[t] = vec
-            return np.stack([self._cache[t] for t in texts]).reshape(len(texts), STYLE_DIM).copy()
+            return np.stack([found[t] for t in texts]).reshape(len(texts), STYLE_DIM).copy()
 
 
 def blend(parts: Sequence[tuple[float, np.ndarray]]) -> np.ndarray:
