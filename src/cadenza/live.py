@@ -541,7 +541,7 @@ class Engine:
                 try:
                     new, reset = apply_changes(settings, changes)
                     if new.prompts != settings.prompts:
-                        style = self._embed(new)
+                        style = self._style = self._embed(new)
                 except (ValueError, StyleError) as e:  # validated in set(); a race at worst
                     self.stats.errors.append(str(e))
                     new, reset = settings, False
