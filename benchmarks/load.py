@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cadenza.bench import cpu_name
+
 PREBUFFER_SECONDS = 0.1  # as the page's worklet
 POSITION_EVERY = 0.1
 PROMPTS = (
@@ -383,7 +385,7 @@ def sweep(
     clean = [r["sessions"] for r in rows if _clean(r)]
     return {
         "command": " ".join(shlex.quote(a) for a in sys.argv),
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count()},
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count()},
         "model": model,
         "serve_args": serve_args or [],
         "engines_only": engines_only,
@@ -402,16 +404,6 @@ def _clean(row: dict) -> bool:
         and row["server_underruns"] == 0
         and row["client_underruns"] == 0
     )
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 HEADER = (

@@ -34,7 +34,7 @@ print(json.dumps({"import_s": t_import - t0, "load_s": t_system - t_import,
 """
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -185,7 +185,7 @@ def run_live_bench(
 
     result = {
         "machine": {
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "cores": os.cpu_count() or 1,
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -211,7 +211,7 @@ def run_bench(
     all_threads = os.cpu_count() or 1
     result = {
         "machine": {
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "cores": all_threads,
             "python": platform.python_version(),
             "torch": torch.__version__,
