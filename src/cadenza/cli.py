@@ -406,16 +406,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--style-weight", type=float, default=1.0, help="weight of --style against 1 (default 1)"
     )
+    from cadenza.transcription import DEFAULT_MAX_SECONDS
+
     c.add_argument(
         "--max-prompt-seconds",
         type=_positive_seconds,
-        default=30.0,
-        help="use at most this much of the prompt, from its start (default 30)",
+        default=DEFAULT_MAX_SECONDS,
+        help=f"use at most this much of the prompt's start (default {DEFAULT_MAX_SECONDS:g})",
     )
     c.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     c.add_argument("--subtype", default="PCM_16", choices=["PCM_16", "PCM_24", "FLOAT"])
     c.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     _add_sampling_args(c)
+    # argparse has no public way to reword one option's help: here the default is the prompt's
+    c._option_string_actions["--bpm"].help = "tempo of the continuation (default: the prompt's)"
     c.set_defaults(func=cmd_continue)
 
     t = sub.add_parser("train", help="train a model on a corpus (torchrun-ready)")
