@@ -96,6 +96,16 @@ def _options(args: argparse.Namespace):  # noqa: ANN202 - GenerationOptions, imp
         raise UserError(str(e)) from None
 
 
+def _use_threads(threads: int | None) -> None:
+    """Check ``--threads`` and give torch that many (None: torch's choice)."""
+    if threads is not None and threads < 1:
+        raise UserError("--threads must be at least 1")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
@@ -122,15 +132,10 @@ def cmd_generate(args: argparse.Namespace) -> None:
         options, meter=c.meter, key=c.key, instruments=c.instruments, density=c.density
     )
     bpm = args.bpm if args.bpm is not None else c.bpm
-    if args.threads is not None and args.threads < 1:
-        raise UserError("--threads must be at least 1")
-    import torch
-
+    _use_threads(args.threads)
     from cadenza.audio import concatenate
     from cadenza.stream import System
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     with System(args.model, soundfont=args.soundfont) as system:
         print(f"cadenza: {system.model_info}", file=sys.stderr)
         style = system.embed_style(prompt)
@@ -198,15 +203,10 @@ def cmd_continue(args: argparse.Namespace) -> None:
             check_bpm(args.bpm)
     except ValueError as e:
         raise UserError(str(e)) from None
-    if args.threads is not None and args.threads < 1:
-        raise UserError("--threads must be at least 1")
-    import torch
-
+    _use_threads(args.threads)
     from cadenza.continuation import analyse_prompt, continue_prompt
     from cadenza.stream import System
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     with System(args.model, soundfont=args.soundfont) as system:
         print(f"cadenza: {system.model_info}", file=sys.stderr)
         analysis = analyse_prompt(system, args.prompt, max_seconds=args.max_prompt_seconds)
