@@ -225,6 +225,7 @@ class Stats:
     block_seconds: list[float] = field(default_factory=list)  # wall time to make each block
     cancelled: int = 0
     dropped_seconds: float = 0.0
+    resets: list[float] = field(default_factory=list)  # stream seconds where each reset began
     errors: list[str] = field(default_factory=list)
 
 
@@ -549,6 +550,7 @@ class Engine:
                     state = system.reseed(state, new.seed)
                 if reset:
                     state = system.reset_context(state)
+                    self.stats.resets.append(state.seconds)
                 settings, opts = new, new.options()
                 self.settings = settings
             if heard:
