@@ -329,8 +329,29 @@ def test_clips_build_resume_and_train(tiny_corpus, tmp_path):
     )
     model, saved = audio_style.load(weights)
     assert saved["clips"] == 6 and "val" in saved and info["seconds"] >= 0
+    assert saved["train_config"]["full_captions"]  # the default: validated on full captions
+    assert 0 <= saved["val"]["full_audio_to_text_r5"] <= 1
     log = [json.loads(line) for line in Path(f"{weights}.log.jsonl").read_text().splitlines()]
     assert log[-1]["done"]
+
+
+def test_full_captions_state_every_attribute():
+    from cadenza.captions import PROGRAM_NAMES
+    from cadenza.controls import key_name
+
+    rows = [
+        {"index": i, "attrs": {"form": "jig", "period": None, "composer": None, "region": None,
+         "key": key, "meter": [6, 8], "bpm": 165, "programs": [program], "title": None}}
+        for i, (key, program) in enumerate([(2, 40), (21, 73), (7, 19)])
+    ]  # fmt: skip
+    texts = audio_style.full_captions(rows, seed=0)
+    assert texts == audio_style.full_captions(rows, seed=0)  # seeded by the clip's index
+    assert texts != audio_style.full_captions(rows, seed=1)
+    for row, text in zip(rows, texts):
+        attrs = row["attrs"]
+        assert key_name(attrs["key"]) in text
+        assert any(name in text for name in PROGRAM_NAMES[attrs["programs"][0]])
+        assert "jig" in text
 
 
 def test_reorchestration_recaptions_the_instruments():

@@ -433,6 +433,11 @@ class TrainAudioConfig:
     crop_seconds: float = 6.0  # random crops of the stored clips
     regression: float = 1.0  # weight of the cosine term towards the mean caption embedding
     duplicate_cos: float = 0.9  # captions this close to a clip's own are not its negatives
+    # Also train towards one caption that states every attribute of the clip (form, period,
+    # composer, region, key, meter, tempo, instruments), and score validation with such
+    # captions too: the corpus's captions state a random few, so alone they never teach the
+    # network to tell two clips of one collection apart by key, meter, tempo or instrument.
+    full_captions: bool = True
     eval_every: int = 50
     seed: int = 0
 
@@ -482,12 +487,38 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def evaluate(model: AudioStyleNet, mels: np.ndarray, targets: np.ndarray) -> dict:
-    """Strict retrieval recall between clips and their most detailed corpus caption."""
+def full_captions(rows: list[dict], seed: int) -> list[str]:
+    """One caption per clip (its ``load_clips`` meta row) that states every attribute the
+    clip has (``captions.caption(detail=1.0)``), seeded by the clip's index."""
+    from cadenza import captions as cap
+
+    out = []
+    for i, row in enumerate(rows):
+        attrs = dict(row["attrs"], meter=tuple(row["attrs"]["meter"]))
+        rng = np.random.default_rng([seed, int(row.get("index", i))])
+        out.append(cap.caption(attrs, rng, detail=1.0))
+    return out
+
+
+def encode_captions(texts: list[str]) -> np.ndarray:
+    """(N, 384) float32 MiniLM embeddings of ``texts``, encoded in batches of 1024."""
+    from cadenza.style import TextEncoder
+
+    encoder = TextEncoder(cache_size=1 << 30)  # never evicts: see clips._Builder.encode
+    parts = [encoder.encode(texts[i : i + 1024]) for i in range(0, len(texts), 1024)]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def evaluate(
+    model: AudioStyleNet, mels: np.ndarray, targets: np.ndarray, full: np.ndarray | None = None
+) -> dict:
+    """Strict retrieval recall between clips and their most detailed corpus caption, and
+    (``full_*``) with ``full`` (N, D), one caption per clip stating all its attributes."""
     audio = AudioStyleEncoder(model=model.eval()).embed_batch(list(mels.astype(np.float32)))
     model.train()
-    text = _unit(targets[:, -1])
-    out = retrieval(audio, text)
+    out = retrieval(audio, _unit(targets[:, -1]))
+    if full is not None:
+        out.update({f"full_{k}": v for k, v in retrieval(audio, _unit(full)).items()})
     out["cos_to_mean_caption"] = round(float((audio * _unit(targets.mean(1))).sum(1).mean()), 4)
     return out
 
@@ -508,8 +539,10 @@ def train(
     caption embeddings (picked at random each step), with a learnable temperature and near
     duplicate captions masked out of the negatives, plus a cosine regression towards the
     mean of the clip's captions (the text tower is frozen, so its targets are fixed).
-    With ``val`` clips, the weights with the best validation recall are kept; a JSON-lines
-    log is written beside ``out`` (``out`` + ``.log.jsonl``).
+    With ``train_config.full_captions`` each clip also gets a caption stating all its
+    attributes (``full_captions``) among its targets. With ``val`` clips, the weights with
+    the best validation recall (the mean of every recall@5 that ``evaluate`` reports) are
+    kept; a JSON-lines log is written beside ``out`` (``out`` + ``.log.jsonl``).
 
     Returns:
         The summary that is also stored in the weights' ``info``.
@@ -521,8 +554,16 @@ def train(
     cfg, tc = config or AudioStyleConfig(), train_config or TrainAudioConfig()
     out = Path(out)
     log_path = out.with_name(out.name + ".log.jsonl")
-    mels, targets, _ = load_clips(clips)
-    val_set = load_clips(val)[:2] if val is not None else None
+    mels, targets, rows = load_clips(clips)
+    val_set = load_clips(val) if val is not None else None
+    if tc.full_captions:
+        full = encode_captions(full_captions(rows, tc.seed)).astype(targets.dtype)
+        targets = np.concatenate([targets, full[:, None]], axis=1)  # (N, K + 1, D)
+        if val_set is not None:
+            vm, vt, vrows = val_set
+            val_set = (vm, vt, encode_captions(full_captions(vrows, tc.seed + 1)))
+    elif val_set is not None:
+        val_set = val_set[:2]
     torch.manual_seed(tc.seed)
     rng = np.random.default_rng(tc.seed)
     model = AudioStyleNet(cfg).train()
@@ -609,6 +650,8 @@ def train(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: F821
     """Options of ``cadenza train-audio``."""
+    import argparse
+
     d = TrainAudioConfig()
     parser.add_argument("--clips", required=True, help="training clips (`cadenza data clips`)")
     parser.add_argument("--val", help="validation clips: keep the weights that retrieve best")
@@ -618,6 +661,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: F821
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
     parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument(
+        "--full-captions", action=argparse.BooleanOptionalAction, default=d.full_captions,
+        help="also train and validate with one caption per clip stating all its attributes "
+        f"(default {'on' if d.full_captions else 'off'})",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
 
 
@@ -639,6 +687,7 @@ def run_training(args: argparse.Namespace) -> None:  # noqa: F821
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
+        full_captions=args.full_captions,
     )
     command = shlex.join(["cadenza", *sys.argv[1:]])
     info = train(args.clips, args.out, val=args.val, train_config=tc, command=command,

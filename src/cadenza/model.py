@@ -12,6 +12,7 @@ its oldest tokens while it streams, and what remains needs no recomputation.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -109,7 +110,11 @@ class Attention(nn.Module):
         self.proj = nn.Linear(config.d_model, config.d_model, bias=False)
         self.dropout = config.dropout
 
-    def forward(self, x: Tensor, rot: Tensor, cache: KVCache | None, layer: int) -> Tensor:
+    def forward(
+        self, x: Tensor, rot: Tensor, cache: KVCache | Sequence[KVCache] | None, layer: int
+    ) -> Tensor:
+        if isinstance(cache, Sequence):
+            return self._decode_streams(x, rot, cache, layer)
         B, T, C = x.shape
         H, G, D = self.n_head, self.n_kv_head, self.head_dim
         qkv = self.qkv(x).view(B, T, H + 2 * G, D)  # (B, T, H + 2G, D)
@@ -142,6 +147,31 @@ class Attention(nn.Module):
             y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.proj(y)
 
+    def _decode_streams(
+        self, x: Tensor, rot: Tensor, caches: Sequence[KVCache], layer: int
+    ) -> Tensor:
+        """One new token for each of several streams: rows ``x`` (B, 1, C) belong to the
+        caches in order, each cache taking as many rows as its batch. The projections run
+        once for all rows; attention runs per cache, since each has its own length."""
+        B, _, C = x.shape
+        H, G, D = self.n_head, self.n_kv_head, self.head_dim
+        qkv = self.qkv(x).view(B, 1, H + 2 * G, D)
+        qk = rotary(qkv[:, :, : H + G], rot)[:, 0]  # (B, H + G, D)
+        q = qk[:, :H].reshape(B, G, H // G, D)
+        k, v = qk[:, H:], qkv[:, 0, H + G :]  # (B, G, D)
+        ys, row = [], 0
+        for cache in caches:
+            K, V = cache.k[layer], cache.v[layer]
+            b, n = K.shape[0], cache.length
+            K[:, :, n] = k[row : row + b]
+            V[:, :, n] = v[row : row + b]
+            att = torch.softmax(
+                (q[row : row + b] @ K[:, :, : n + 1].transpose(-2, -1)) * D**-0.5, -1
+            )
+            ys.append(att @ V[:, :, : n + 1])  # (b, G, H/G, D)
+            row += b
+        return self.proj(torch.cat(ys).reshape(B, 1, C))
+
 
 class Block(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
@@ -154,7 +184,12 @@ class Block(nn.Module):
         self.modulation = nn.Linear(d, 4 * d)  # style -> shift and scale of both norms
 
     def forward(
-        self, x: Tensor, mod: Tensor, rot: Tensor, cache: KVCache | None, layer: int
+        self,
+        x: Tensor,
+        mod: Tensor,
+        rot: Tensor,
+        cache: KVCache | Sequence[KVCache] | None,
+        layer: int,
     ) -> Tensor:
         shift1, gain1, shift2, gain2 = mod  # each (B, 1, C); gain is 1 + scale
         C = x.shape[-1]
@@ -226,14 +261,21 @@ class Transformer(nn.Module):
     def _rope(self, start: int, T: int, device: torch.device) -> Tensor:
         # Angles in float64: positions grow without bound while streaming, and only their
         # differences should matter.
+        pos = torch.arange(start, start + T, dtype=torch.float64, device=device)
+        return self._rotations(pos, device).view(T, 1, -1)  # broadcasts over (B, T, heads, D/2)
+
+    def _rope_rows(self, pos: Tensor, device: torch.device) -> Tensor:
+        """Rotations for one token per row at positions ``pos`` (B,): (B, 1, 1, D/2)."""
+        return self._rotations(pos, device).view(pos.shape[0], 1, 1, -1)
+
+    def _rotations(self, pos: Tensor, device: torch.device) -> Tensor:
+        """Unit complex rotations (N, D/2) for float64 positions ``pos`` (N,)."""
         if device not in self._inv_freq:
             head = self.config.d_model // self.config.n_head
             exps = torch.arange(0, head, 2, dtype=torch.float64, device=device) / head
             self._inv_freq[device] = self.config.rope_base**-exps
-        pos = torch.arange(start, start + T, dtype=torch.float64, device=device)
-        angles = torch.outer(pos, self._inv_freq[device])  # (T, D/2)
-        rot = torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
-        return rot.view(T, 1, -1)  # (T, 1, D/2): broadcasts over (B, T, heads, D/2)
+        angles = torch.outer(pos, self._inv_freq[device])
+        return torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
 
     def forward(
         self,
@@ -265,6 +307,37 @@ class Transformer(nn.Module):
             cache.length += T
             cache.position += T
         return self.head(self.norm(x))  # (B, T, V)
+
+    def decode(self, tokens: Tensor, mod: Tensor, caches: Sequence[KVCache]) -> Tensor:
+        """One decoding step of several independent streams in one pass.
+
+        Args:
+            tokens: (B,) the last token of every row; the rows of each cache in turn (a
+                cache of batch b takes b consecutive rows).
+            mod: (n_layer, 4, B, 1, d_model), the streams' ``condition`` outputs
+                concatenated along the batch dimension.
+            caches: the streams' caches; each gains one token.
+
+        Returns:
+            (B, vocab) logits: what ``forward`` gives each stream alone, up to rounding.
+        """
+        for cache in caches:
+            if cache.length + 1 > cache.capacity:
+                raise ValueError(f"KV cache full ({cache.length} + 1 > {cache.capacity})")
+        B = tokens.shape[0]
+        if sum(c.k[0].shape[0] for c in caches) != B or mod.shape[2] != B:
+            raise ValueError("tokens, mod and caches disagree on the number of rows")
+        pos = torch.cat(
+            [torch.full((c.k[0].shape[0],), float(c.position), dtype=torch.float64) for c in caches]
+        )
+        rot = self._rope_rows(pos, tokens.device)  # (B, 1, 1, D/2)
+        x = self.embed(tokens[:, None])  # (B, 1, C)
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, mod[i], rot, caches, i)
+        for cache in caches:
+            cache.length += 1
+            cache.position += 1
+        return self.head(self.norm(x))[:, 0]
 
 
 def build(config: ModelConfig, seed: int = 0) -> Transformer:

@@ -94,6 +94,7 @@ class ServeConfig:
     record_seconds: float = 1800.0  # kept for the WAV download (16-bit stereo on disk)
     max_message_bytes: int = 64 * 1024  # larger text messages get an error reply
     warm_text: bool = True  # load the text encoder at start, not at the first prompt
+    batch: bool = True  # a worker's sessions decode their next tokens in one batch
 
     def __post_init__(self) -> None:
         if not 0 <= self.workers <= 64:
@@ -501,10 +502,18 @@ class Hub:
     async def metrics(self) -> dict:
         sessions = list(self.sessions.values())
         cpu = time.process_time()
+        batches = {"batches": 0, "steps": 0, "largest": 0}
         for b in self.backends:
-            if isinstance(b, WorkerHost) and b.alive:
+            if not b.alive:
+                continue
+            if isinstance(b, WorkerHost):
                 with contextlib.suppress(RuntimeError):
                     cpu += await b.call("cpu")
+            with contextlib.suppress(RuntimeError):
+                got = await b.call("batches")
+                batches = {
+                    k: max(v, got[k]) if k == "largest" else v + got[k] for k, v in batches.items()
+                }
         return {
             "sessions": len(sessions),
             "max_sessions": self.config.max_sessions,
@@ -514,6 +523,7 @@ class Hub:
             "underruns": sum(s.engine.get("underruns", 0) for s in sessions),
             "client_underruns": sum(s.client_underruns for s in sessions),
             "cpu_seconds": round(cpu, 3),
+            "decode": batches,  # decode steps of all sessions, and the batches they ran in
             "uptime_seconds": round(time.time() - self.started, 3),
             "threads": threading.active_count(),
             "rss_mb": _rss_mb(),
@@ -715,13 +725,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         note = "" if default is None else f" (default {default:g})" if kind is float else ""
         note = note or ("" if default is None else f" (default {default})")
         p.add_argument(flag, dest=name, type=kind, default=default, help=text + note)
+    p.add_argument(
+        "--no-batch",
+        dest="batch",
+        action="store_false",
+        help="decode each session on its own (default: a worker's sessions decode in one batch)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
     """Raises ValueError for values out of range."""
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be 1-65535, got {args.port}")
-    return ServeConfig(**{name: getattr(args, name) for _, name, _ in FLAGS})
+    fields = {name: getattr(args, name) for _, name, _ in FLAGS}
+    return ServeConfig(**fields, batch=getattr(args, "batch", True))
 
 
 class ServeError(RuntimeError):

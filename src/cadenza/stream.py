@@ -20,6 +20,7 @@ import torch
 
 from cadenza import checkpoint, vocab
 from cadenza.audio import SAMPLE_RATE, Waveform
+from cadenza.batcher import Batcher
 from cadenza.controls import Controls
 from cadenza.model import KVCache, Transformer
 from cadenza.render import Renderer
@@ -171,6 +172,8 @@ class System:
         soundfont: a SoundFont path; None picks the best installed one.
         config: chunk, context and crossfade lengths.
         text: a text encoder to share with other systems (each loads MiniLM otherwise).
+        batcher: a ``Batcher`` over the same model, shared with other systems whose
+            streams run on other threads: their decode steps then run as one batch.
     """
 
     def __init__(
@@ -180,11 +183,15 @@ class System:
         soundfont: str | os.PathLike | None = None,
         config: StreamConfig | None = None,
         text: TextEncoder | None = None,
+        batcher: Batcher | None = None,
     ) -> None:
         if isinstance(model, Transformer):
             self.model, self.model_info = model.eval(), "model given by the caller"
         else:
             self.model, self.model_info = checkpoint.load_model(model)
+        if batcher is not None and batcher.model is not self.model:
+            raise ValueError("the batcher decodes with another model")
+        self.batcher = batcher
         self.config = config or StreamConfig()
         self.renderer = Renderer(soundfont, self.config.sample_rate)
         self.text = text or TextEncoder()
@@ -507,8 +514,11 @@ class System:
                 if state.cache.length >= capacity - 1:  # full: drop a quarter, or up to a half
                     quarter = len(state.tokens) // 4
                     self._drop(state, quarter, 2 * quarter)
-                x = torch.tensor([[state.tokens[-1]], [state.tokens[-1]]])
-                logits = self.model(x, mod=mod, cache=state.cache)[:, -1].numpy()
+                if self.batcher is not None:
+                    logits = self.batcher.step(state.tokens[-1], mod, state.cache)
+                else:
+                    x = torch.tensor([[state.tokens[-1]], [state.tokens[-1]]])
+                    logits = self.model(x, mod=mod, cache=state.cache)[:, -1].numpy()
                 scores = guide(logits[0], logits[1], opts.guidance_weight) if guided else logits[0]
                 scores = scores.copy()
                 for f in filters:

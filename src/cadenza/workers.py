@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cadenza import checkpoint
+from cadenza.batcher import Batcher
 from cadenza.live import LIVE_CONFIG, Engine, Settings
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ class EngineHost:
         if warm:
             self.text.encode(list(warm))  # loads MiniLM now, not in the first session
         self.engines: dict[str, Engine] = {}
+        self.batcher = Batcher(self.model) if config.batch else None
 
     def start(self, sid: str, settings: Settings) -> None:
         """A new engine on its own System (synth, conditioning cache): blocks for a warm-up."""
@@ -64,7 +66,9 @@ class EngineHost:
 
         cfg = self.config
         stream = dataclasses.replace(LIVE_CONFIG, chunk_seconds=cfg.chunk_seconds)
-        system = System(self.model, soundfont=cfg.soundfont, config=stream, text=self.text)
+        system = System(
+            self.model, soundfont=cfg.soundfont, config=stream, text=self.text, batcher=self.batcher
+        )
         try:
             engine = Engine(
                 system, settings, lead_seconds=cfg.lead_seconds, margin_seconds=cfg.margin_seconds
@@ -131,9 +135,18 @@ class EngineHost:
     def cpu(self) -> float:
         return time.process_time()
 
+    def batches(self) -> dict:
+        """How the decode steps of this process's sessions were batched."""
+        b = self.batcher
+        if b is None:
+            return {"batches": 0, "steps": 0, "largest": 0}
+        return {"batches": b.stats.batches, "steps": b.stats.steps, "largest": b.stats.largest}
+
     def close_all(self) -> None:
         for sid in list(self.engines):
             self.close(sid)
+        if self.batcher is not None:
+            self.batcher.close()
 
 
 SLOW_CALLS = frozenset({"start", "write_midi", "close"})  # run beside the quick ones
