@@ -226,9 +226,18 @@ def run(
         "changes": sum(r["changes"] for r in ok),
         "server_cpu_cores": round((after["cpu_seconds"] - before["cpu_seconds"]) / wall, 2),
         "machine_busy_cores": None if machine is None else round(machine, 2),
+        "decode_mean_batch": _mean_batch(before, after),
         "load_before": round(load, 2),
         "errors": sorted({e for r in ok for e in r["errors"]})[:5],
     }
+
+
+def _mean_batch(before: dict, after: dict) -> float | None:
+    """Streams per batched decode step between two ``/metrics`` readings."""
+    b0, b1 = before.get("decode"), after.get("decode")
+    if not b0 or not b1 or b1["batches"] <= b0["batches"]:
+        return None
+    return round((b1["steps"] - b0["steps"]) / (b1["batches"] - b0["batches"]), 2)
 
 
 def _engine_share(job: tuple) -> dict:

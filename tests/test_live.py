@@ -9,7 +9,15 @@ import soundfile as sf
 
 from cadenza import vocab
 from cadenza.audio import concatenate
-from cadenza.live import LIVE_CONFIG, Engine, PacedSink, Recorder, Settings, apply_changes
+from cadenza.live import (
+    LIVE_CONFIG,
+    Engine,
+    PacedSink,
+    Recorder,
+    Settings,
+    apply_changes,
+    block_seconds,
+)
 from cadenza.stream import System
 
 STYLE = np.random.default_rng(3).standard_normal(384).astype(np.float32)
@@ -39,11 +47,12 @@ def test_without_changes_the_engine_plays_what_generate_chunk_makes(live_system)
     with engine_for(live_system, seed=5) as engine:
         heard = play(engine, 2.0)
     state = live_system.init_state(seed=5)
-    chunks = []
-    for _ in range(8):
-        chunk, state = live_system.generate_chunk(state, STYLE, engine.settings.options())
+    opts, chunks = engine.settings.options(), []
+    while state.seconds < 2.0:
+        length = block_seconds(state, LIVE_CONFIG.chunk_seconds, opts.bpm)
+        chunk, state = live_system.generate_chunk(state, STYLE, opts, seconds=length)
         chunks.append(chunk)
-    expected = concatenate(chunks).samples
+    expected = concatenate(chunks).samples[: len(heard)]
     assert heard.shape == expected.shape
     assert np.array_equal(heard, expected)
     assert engine.stats.underruns == 0
@@ -140,6 +149,30 @@ def test_mute_everything_gives_silence_not_an_error(live_system):
         audio = play(engine, 6.0)
         assert not engine.stats.errors
     assert np.abs(audio[-SR:]).max() < 1e-3
+
+
+@pytest.mark.parametrize("bpm", [40.0, 97.0, 120.0, 171.0, 300.0])
+def test_blocks_end_on_divisions_of_the_beat(live_system, bpm):
+    state = live_system.init_state(seed=1, bpm=bpm)
+    state.seconds = 0.37  # anywhere, as after a short first block
+    chunk = LIVE_CONFIG.chunk_seconds
+    for _ in range(12):
+        length = block_seconds(state, chunk)
+        assert 0.5 * chunk <= length <= 2.0 * max(chunk, 60.0 / bpm)
+        state.seconds += length
+        beats = state.tempo.beats(state.seconds)
+        per_beat = max(1, round(60.0 / bpm / chunk))
+        assert beats * per_beat == pytest.approx(round(beats * per_beat), abs=1e-6)
+
+
+def test_a_new_bpm_moves_the_grid_from_its_beat(live_system):
+    state = live_system.init_state(seed=1, bpm=120.0)
+    state.seconds = 1.1  # beat 2.2: the new tempo starts at beat 3, 1.5 s
+    length = block_seconds(state, 0.25, bpm=60.0)
+    assert state.seconds + length == pytest.approx(1.25)  # beat 2.5, still at 120
+    state.seconds = 1.4  # beat 2.8
+    length = block_seconds(state, 0.25, bpm=60.0)
+    assert state.seconds + length == pytest.approx(2.0)  # beat 3.5, half a beat at 60 bpm
 
 
 def test_reset_clears_the_context_and_keeps_time(live_system):

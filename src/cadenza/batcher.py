@@ -4,9 +4,12 @@ A decode step of the bundled model costs about the same for one stream as for ei
 CPU it is the operations and the weights read per step that cost, not the arithmetic. A
 ``Batcher`` owns a thread that takes every step waiting at that moment (from the generator
 threads of all the sessions of a server process) and runs them as one ``Transformer.decode``
-call. Nothing waits to fill a batch: steps that arrive while a batch runs form the next one,
-so one stream alone runs at its own pace, and many streams share the cost when the CPU is
-busy, which is when it matters.
+call. A stream that is generating says so (``with batcher.streaming():``); a batch waits a
+moment (``gather_seconds``) for the steps of all such streams, so streams that generate at
+the same time decode in step. A stream alone runs at its own pace. Streams that generate
+at different times gain nothing, so the live engine starts its next block early when
+another stream of the process is generating (``Batcher.busy``): the sessions of a process
+fall into step.
 
     batcher = Batcher(model)
     system = System(model, batcher=batcher)   # every System of the process shares it
@@ -16,7 +19,10 @@ busy, which is when it matters.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,12 +64,17 @@ class Batcher:
         max_streams: at most this many steps in one batch; more wait for the next.
     """
 
-    def __init__(self, model: Transformer, *, max_streams: int = 32) -> None:
+    def __init__(
+        self, model: Transformer, *, max_streams: int = 32, gather_seconds: float = 0.002
+    ) -> None:
         if max_streams < 1:
             raise ValueError("max_streams must be at least 1")
-        self.model, self.max_streams = model, max_streams
+        if not 0 <= gather_seconds <= 1:
+            raise ValueError("gather_seconds must be between 0 and 1")
+        self.model, self.max_streams, self.gather_seconds = model, max_streams, gather_seconds
         self.stats = BatcherStats()
         self._queue: list[_Step] = []
+        self._streaming = 0
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="cadenza-batcher", daemon=True)
@@ -91,6 +102,23 @@ class Batcher:
         assert item.logits is not None
         return item.logits
 
+    @contextlib.contextmanager
+    def streaming(self) -> Iterator[None]:
+        """Mark a stream as generating: batches wait briefly for its steps."""
+        with self._cond:
+            self._streaming += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._streaming -= 1
+                self._cond.notify()
+
+    @property
+    def busy(self) -> bool:
+        """Whether some stream is generating now."""
+        return self._streaming > 0
+
     def close(self) -> None:
         """Stop the thread; steps still queued fail with ``BatcherClosed``."""
         with self._cond:
@@ -109,6 +137,13 @@ class Batcher:
             with self._cond:
                 while not self._queue and not self._closed:
                     self._cond.wait()
+                deadline = time.monotonic() + self.gather_seconds
+                while (
+                    not self._closed
+                    and len(self._queue) < min(self._streaming, self.max_streams)
+                    and (left := deadline - time.monotonic()) > 0
+                ):
+                    self._cond.wait(left)  # the other generating streams' steps
                 if self._closed:
                     left, self._queue = self._queue, []
                     for item in left:

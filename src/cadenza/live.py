@@ -177,6 +177,25 @@ def _prompts(value: object) -> tuple[tuple[str, float], ...]:
     return tuple(out)
 
 
+def block_seconds(state: State, chunk: float, bpm: float | None = None) -> float:
+    """The length of the engine's next ordinary block from ``state``: about ``chunk``
+    seconds, ending on an even division of the beat (``chunk`` or so apart).
+
+    A new BPM starts on a beat, so with blocks that end on beats the first block under it
+    starts at the beat: nothing before the beat is made again, and a tempo change costs as
+    little as any other. ``bpm`` is the tempo the next chunk sets from its next beat on
+    (``GenerationOptions.bpm``)."""
+    tempo = state.tempo
+    at = tempo.beats(state.seconds)
+    if bpm is not None:
+        tempo = tempo.with_bpm(math.ceil(at - 1e-6), bpm)
+    per_beat = max(1, round(60.0 / tempo.bpm_at(at) / chunk))
+    end = (math.floor(at * per_beat + 1e-6) + 1) / per_beat  # the next division after ``at``
+    while float(tempo.seconds(end)) - state.seconds < 0.5 * chunk:
+        end += 1 / per_beat
+    return float(tempo.seconds(end)) - state.seconds
+
+
 @dataclass(frozen=True)
 class PlayedNote:
     """A note as the listener hears it: times in seconds from the start of the session."""
@@ -519,6 +538,10 @@ class Engine:
         system = self.system
         settings, style, opts = self.settings, self._style, self.settings.options()
         lead = round(self.lead_seconds * self.sample_rate)
+        batcher = system.batcher
+        # With a batcher, join a block that another stream of the process is making now,
+        # up to one block beyond the lead: the streams fall into step and decode together.
+        join = lead + round(system.config.chunk_seconds * self.sample_rate)
         while True:
             with self._cond:
                 while (
@@ -526,8 +549,11 @@ class Engine:
                     and not self._pending
                     and not self._heard
                     and self._buffered_frames() >= lead
+                    and not (
+                        batcher is not None and batcher.busy and self._buffered_frames() < join
+                    )
                 ):
-                    self._cond.wait(0.1)
+                    self._cond.wait(0.1 if batcher is None else 0.01)
                 if not self._running:
                     return
                 changes, self._pending = self._pending, {}
@@ -557,7 +583,7 @@ class Engine:
                 at = round(state.tempo.beats(state.seconds) * TICKS_PER_BEAT)  # inject moves
                 # them on past tokens already generated beyond this point
                 state = system.inject(state, [replace(n, onset=at) for n in heard], sound=self.echo)
-            length = None
+            length = block_seconds(state, system.config.chunk_seconds, opts.bpm)
             if changes or heard:
                 length = self.first_block_seconds
                 if set(changes) == {"bpm"}:  # just past the beat where the new tempo starts

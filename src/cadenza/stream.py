@@ -9,6 +9,7 @@ tokens are dropped from the KV cache at bar lines, so a chunk costs only its new
 from __future__ import annotations
 
 import bisect
+import contextlib
 import math
 import os
 import time
@@ -497,7 +498,8 @@ class System:
         )
         capacity = self.model.config.max_seq_len
         guided = style is not None
-        with torch.inference_mode():
+        streaming = self.batcher.streaming() if self.batcher else contextlib.nullcontext()
+        with torch.inference_mode(), streaming:
             if state.cache is None or state.model_key != self._model_key:
                 state.cache, state.model_key = KVCache(self.model.config, 2), self._model_key
             while len(state.tokens) >= capacity - 1:  # injected notes filled the context
