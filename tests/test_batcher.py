@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -151,3 +152,33 @@ def test_a_system_refuses_a_batcher_of_another_model(model):
     other = build(PRESETS["debug"], seed=2)
     with Batcher(other) as batcher, pytest.raises(ValueError, match="another model"):
         System(model, batcher=batcher)
+
+
+def test_a_batch_waits_briefly_for_every_generating_stream(model):
+    mod = model.condition(torch.randn(2, 384))
+    with Batcher(model, gather_seconds=1.0) as batcher:
+        inside, results = threading.Barrier(2), []
+
+        def stream(delay: float) -> None:
+            with batcher.streaming():
+                inside.wait()
+                threading.Event().wait(delay)
+                results.append(batcher.step(2, mod, primed(model, 4)))
+
+        threads = [threading.Thread(target=stream, args=(d,)) for d in (0.0, 0.3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert not batcher.busy
+        assert len(results) == 2 and batcher.stats.batches == 1 and batcher.stats.largest == 2
+
+
+def test_a_stream_alone_does_not_wait(model):
+    mod = model.condition(torch.randn(2, 384))
+    with Batcher(model, gather_seconds=1.0) as batcher, batcher.streaming():
+        assert batcher.busy
+        started = time.perf_counter()
+        for _ in range(3):
+            batcher.step(2, mod, primed(model, 4))
+        assert time.perf_counter() - started < 0.9  # not one gather wait of 1 s
