@@ -9,9 +9,12 @@ re-attacked, and a chunk can be rendered again from a restored state bit for bit
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import math
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +85,27 @@ def soft_limit(x: np.ndarray) -> np.ndarray:
     return np.where(over, np.sign(x) * limited, x).astype(np.float32)
 
 
+_SLACK = 2400  # samples: a note this close before a resumed span's start still plays
+
+
+def _onset(note: Note, tempo: TempoMap) -> float:
+    return float(tempo.seconds(note.onset / TICKS_PER_BEAT))
+
+
+def _off(note: Note, tempo: TempoMap, sr: int) -> int:
+    return round(float(tempo.seconds(note.end / TICKS_PER_BEAT)) * sr)
+
+
+@dataclass
+class _Live:
+    """Where the synth is, for ``Renderer.resume``: the sample, and the notes it holds."""
+
+    at: int
+    active: list[tuple[Note, int]]  # (note, channel): started and not yet released
+    channels: dict[int, int] = field(default_factory=dict)  # program -> channel
+    started: set[Note] = field(default_factory=set)  # recent notes already played
+
+
 class Renderer:
     """A streaming GM synthesizer. Use it as a context manager to own the synth's lifetime."""
 
@@ -97,6 +121,7 @@ class Renderer:
         self.soundfont = find_soundfont(soundfont)
         self.sample_rate = sample_rate
         self._synth = tinysoundfont.Synth(gain=GAIN_DB, samplerate=sample_rate)
+        self._live: _Live | None = None
         try:
             self._sfid = self._synth.sfload(str(self.soundfont))
         except Exception as e:  # tinysoundfont raises its own SoundFontException
@@ -112,6 +137,7 @@ class Renderer:
         if self._synth is not None:
             self._synth.sounds_off()
             self._synth = None
+            self._live = None
 
     def _assign_channels(self, programs: Iterable[int]) -> dict[int, int]:
         """Map each program to a MIDI channel and select it there (drums on channel 10)."""
@@ -173,7 +199,99 @@ class Renderer:
                 self._synth.noteoff(ch, pitch)
         if stop_idx > cursor:
             out[cursor - begin_idx :] = self._generate(stop_idx - cursor)
+        sounding = [(notes[i], channels[notes[i].program]) for i in np.flatnonzero(keep)]
+        self._live = _Live(
+            stop_idx, [(n, ch) for n, ch in sounding if _off(n, tempo, sr) >= stop_idx]
+        )
+        self._live.channels = channels
+        self._live.started = {
+            n for n, _ in sounding if round(_onset(n, tempo) * sr) >= start_idx - _SLACK
+        }
         return soft_limit(out[start_idx - begin_idx :])
+
+    def resume(self, notes: list[Note], tempo: TempoMap, start: float, stop: float) -> np.ndarray:
+        """Samples between ``start`` and ``stop`` by running the synth on from where the last
+        ``render`` or ``resume`` left it, which must be ``start``: no pre-roll, so a chunk
+        costs its own length. ``notes`` are the performance so far (the same list as before,
+        grown); those that start in the span are played, and the held ones are released when
+        they end under ``tempo`` as it is now (a tempo change moves releases still to come).
+
+        Raises:
+            RenderError: the synth is not at ``start`` (``resumes_at`` says where it is).
+        """
+        if self._synth is None:
+            raise RenderError("renderer is closed")
+        sr, live = self.sample_rate, self._live
+        start_idx, stop_idx = round(start * sr), round(stop * sr)
+        if live is None or live.at != start_idx:
+            raise RenderError("the synth is not where this span starts; render it afresh")
+        events, held = [], []
+        for n, ch in live.active:
+            off = _off(n, tempo, sr)
+            if off < stop_idx:
+                events.append((max(off, start_idx), 0, ch, n.pitch, 0))
+            else:
+                held.append((n, ch))
+        first = Note(
+            math.floor(tempo.beats(max(start - _SLACK / sr, 0.0)) * TICKS_PER_BEAT), -1, -1, 0
+        )
+        last = tempo.beats(stop) * TICKS_PER_BEAT
+        for n in notes[bisect.bisect_left(notes, first) :]:
+            if n.onset > last:
+                break
+            on = round(_onset(n, tempo) * sr)
+            if on >= stop_idx or n in live.started:
+                continue
+            ch = self._channel(n.program, live, held)
+            events.append((max(on, start_idx), 1, ch, n.pitch, n.velocity))
+            live.started.add(n)
+            off = _off(n, tempo, sr)
+            if off < stop_idx:
+                events.append((max(off, start_idx, on + 1), 0, ch, n.pitch, 0))
+            else:
+                held.append((n, ch))
+        events.sort()
+        out = np.zeros((stop_idx - start_idx, 2), dtype=np.float32)
+        cursor = start_idx
+        for sample, on, ch, pitch, velocity in events:
+            if sample > cursor:
+                out[cursor - start_idx : sample - start_idx] = self._generate(sample - cursor)
+                cursor = sample
+            if on:
+                self._synth.noteon(ch, pitch, velocity)
+            else:
+                self._synth.noteoff(ch, pitch)
+        if stop_idx > cursor:
+            out[cursor - start_idx :] = self._generate(stop_idx - cursor)
+        horizon = start_idx - _SLACK
+        live.started = {n for n in live.started if round(_onset(n, tempo) * sr) >= horizon}
+        live.at, live.active = stop_idx, held
+        return soft_limit(out)
+
+    def resumes_at(self) -> int | None:
+        """The sample the synth is at, from which ``resume`` can go on; None after ``close``."""
+        return None if self._live is None else self._live.at
+
+    def _channel(self, program: int, live: _Live, held: list[tuple[Note, int]]) -> int:
+        """The channel ``program`` plays on: the one it has, else a free one (the least
+        recently given when all have notes held)."""
+        if program == DRUMS:
+            return DRUM_CHANNEL
+        if program in live.channels:
+            return live.channels[program]
+        busy = {ch for _, ch in held}
+        free = [c for c in MELODIC_CHANNELS if c not in busy and c not in live.channels.values()]
+        free = free or [c for c in MELODIC_CHANNELS if c not in busy] or list(MELODIC_CHANNELS)
+        channel = free[0]
+        for p, c in list(live.channels.items()):
+            if c == channel:
+                del live.channels[p]
+        try:
+            self._synth.program_select(channel, self._sfid, 0, program)
+        except RuntimeError:  # as in _assign_channels: piano keeps it audible
+            self._synth.program_select(channel, self._sfid, 0, 0)
+        live.channels[program] = channel
+        return channel
 
     def _silence(self) -> None:
         # sounds_off() only starts a very fast release; run the synth until every voice has

@@ -1,15 +1,18 @@
 """The streaming system: ``chunk, state = system.generate_chunk(state=state, style=style)``.
 
 Each call generates tokens until the music reaches the end of the next chunk (2 s by
-default), renders that span, and crossfades its head with the tail the previous chunk left
-in the state. The model keeps at most ``context_seconds`` of music in its context; older
-tokens are dropped from the KV cache at bar lines, so a chunk costs only its new tokens.
+default) and renders that span: the synth plays on from the previous chunk, or, on
+another branch (a live engine that went back to an earlier block), renders afresh and
+crossfades from what was played before. The model keeps at most ``context_seconds`` of
+music in its context; older tokens are dropped from the KV cache at bar lines, so a chunk
+costs only its new tokens.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
+import itertools
 import math
 import os
 import time
@@ -41,6 +44,8 @@ from cadenza.tokenizer import Cursor
 from cadenza.vocab import TICKS_PER_BEAT
 
 _BAR_TOKENS = frozenset(vocab.bar(i) for i in range(len(vocab.METERS)))
+MAX_TAILS = 256  # states a live engine may go back to: far more than its buffer holds
+_SOUNDS = itertools.count(1)  # State.sound: unique in the process
 RENDER_LOOKBACK_SECONDS = 60.0  # notes that started earlier are not rendered any more
 
 
@@ -122,8 +127,11 @@ class State:
     chunk_index: int = 0
     generated: int = 0  # tokens sampled so far
     rng: dict = field(default_factory=dict)  # numpy PCG64 bit-generator state
-    tail: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
+    tail: np.ndarray = field(  # audio to fade in from, once: a prompt's ring-out (_render)
+        default_factory=lambda: np.zeros((0, 2), np.float32)
+    )
     cache: KVCache | None = None
+    sound: int = 0  # which audio this state ends; the renderer resumes from the one it made
     model_key: str = ""
 
     def copy(self) -> State:
@@ -200,6 +208,8 @@ class System:
         self._mod_key: bytes | None = None
         self._mod: torch.Tensor | None = None
         self._model_key = f"{id(self.model)}"
+        self._sound = 0  # the State.sound the renderer's synth is at the end of
+        self._tails: dict[int, np.ndarray] = {}  # State.sound -> the audio played after it
         self.timings = {"model": 0.0, "render": 0.0}  # seconds spent, summed over all chunks
         self.generate_chunk(self.init_state(), None)  # warm-up: first real call is not cold
 
@@ -451,19 +461,51 @@ class System:
         )
         window = state.notes[bisect.bisect_left(state.notes, Note(recent, -1, -1, 0)) :]
         t = time.perf_counter()
-        audio = self.renderer.render(window, state.tempo, t0, t1 + cfg.crossfade_seconds)
+        audio = self._render(state, window, t0, t1)
         self.timings["render"] += time.perf_counter() - t
-        n = round(t1 * sr) - round(t0 * sr)
-        head = len(state.tail)
-        if head:  # the previous chunk rendered this span too; fade from its version to ours
-            ramp = np.linspace(0.0, 1.0, head + 2, dtype=np.float32)[1:-1, None]
-            audio[:head] = state.tail * (1.0 - ramp) + audio[:head] * ramp
-        state.tail = audio[n:].copy()
         start_tick = state.tempo.beats(t0) * TICKS_PER_BEAT
         chunk_notes = tuple(x for x in window if start_tick <= x.onset < end_tick)
         state.seconds, state.chunk_index = t1, state.chunk_index + 1
         state.rng = rng.bit_generator.state
-        return Chunk(audio[:n], sr, notes=chunk_notes, start=t0), state
+        return Chunk(audio, sr, notes=chunk_notes, start=t0), state
+
+    def _render(self, state: State, window: list[Note], t0: float, t1: float) -> np.ndarray:
+        """The audio of ``state`` from ``t0`` to ``t1``, and a new ``state.sound``.
+
+        Where the synth already is at the end of ``state``'s audio (the last chunk came from
+        this state's audio), it plays on: a chunk costs its own length. Otherwise (the
+        first chunk, or another branch: a live engine that went back to an earlier block)
+        it renders afresh with a pre-roll, and the first ``crossfade_seconds`` fade in from
+        what was played after ``state`` before (kept in ``_tails``), or from ``state.tail``
+        (which ``continuation`` sets to a prompt's ring-out).
+        """
+        sr, cf = (
+            self.config.sample_rate,
+            round(self.config.crossfade_seconds * self.config.sample_rate),
+        )
+        renderer = self.renderer
+        resume = (
+            state.sound != 0
+            and state.sound == self._sound
+            and renderer.resumes_at() == round(t0 * sr)
+        )
+        self._sound = 0  # until this render is through
+        if resume:
+            audio = renderer.resume(window, state.tempo, t0, t1)
+        else:
+            audio = renderer.render(window, state.tempo, t0, t1)
+            head = state.tail if len(state.tail) else self._tails.get(state.sound)
+            if head is not None and len(head):  # fade from what was played to this branch
+                k = min(len(head), len(audio))
+                ramp = np.linspace(0.0, 1.0, k + 2, dtype=np.float32)[1:-1, None]
+                audio[:k] = head[:k] * (1.0 - ramp) + audio[:k] * ramp
+        if state.sound:
+            self._tails[state.sound] = audio[:cf].copy()
+            while len(self._tails) > MAX_TAILS:
+                self._tails.pop(next(iter(self._tails)))
+        state.sound = self._sound = next(_SOUNDS)
+        state.tail = state.tail[:0]
+        return audio
 
     def _forget_before(self, state: State, tick: float) -> None:
         """Drop the context tokens older than ``tick``, cutting at the next bar line."""
