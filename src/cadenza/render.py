@@ -185,28 +185,14 @@ class Renderer:
             off = round(ends[i] * sr)
             if off < stop_idx:
                 events.append((max(off, begin_idx), 0, ch, n.pitch, 0))
-        events.sort()
-
-        out = np.zeros((stop_idx - begin_idx, 2), dtype=np.float32)
-        cursor = begin_idx
-        for sample, on, ch, pitch, velocity in events:
-            if sample > cursor:
-                out[cursor - begin_idx : sample - begin_idx] = self._generate(sample - cursor)
-                cursor = sample
-            if on:
-                self._synth.noteon(ch, pitch, velocity)
-            else:
-                self._synth.noteoff(ch, pitch)
-        if stop_idx > cursor:
-            out[cursor - begin_idx :] = self._generate(stop_idx - cursor)
-        sounding = [(notes[i], channels[notes[i].program]) for i in np.flatnonzero(keep)]
-        self._live = _Live(
-            stop_idx, [(n, ch) for n, ch in sounding if _off(n, tempo, sr) >= stop_idx]
-        )
-        self._live.channels = channels
-        self._live.started = {
-            n for n, _ in sounding if round(_onset(n, tempo) * sr) >= start_idx - _SLACK
-        }
+        out = self._play(events, begin_idx, stop_idx)
+        kept = np.flatnonzero(keep)  # where ``resume`` goes on from: the notes held, and
+        # the recent ones, which a resumed span must not start again
+        held = [
+            (notes[i], channels[notes[i].program]) for i in kept if round(ends[i] * sr) >= stop_idx
+        ]
+        recent = {notes[i] for i in kept if round(onsets[i] * sr) >= start_idx - _SLACK}
+        self._live = _Live(stop_idx, held, channels, recent)
         return soft_limit(out[start_idx - begin_idx :])
 
     def resume(self, notes: list[Note], tempo: TempoMap, start: float, stop: float) -> np.ndarray:
@@ -250,19 +236,7 @@ class Renderer:
                 events.append((max(off, start_idx, on + 1), 0, ch, n.pitch, 0))
             else:
                 held.append((n, ch))
-        events.sort()
-        out = np.zeros((stop_idx - start_idx, 2), dtype=np.float32)
-        cursor = start_idx
-        for sample, on, ch, pitch, velocity in events:
-            if sample > cursor:
-                out[cursor - start_idx : sample - start_idx] = self._generate(sample - cursor)
-                cursor = sample
-            if on:
-                self._synth.noteon(ch, pitch, velocity)
-            else:
-                self._synth.noteoff(ch, pitch)
-        if stop_idx > cursor:
-            out[cursor - start_idx :] = self._generate(stop_idx - cursor)
+        out = self._play(events, start_idx, stop_idx)
         horizon = start_idx - _SLACK
         live.started = {n for n in live.started if round(_onset(n, tempo) * sr) >= horizon}
         live.at, live.active = stop_idx, held
@@ -292,6 +266,24 @@ class Renderer:
             self._synth.program_select(channel, self._sfid, 0, 0)
         live.channels[program] = channel
         return channel
+
+    def _play(self, events: list[tuple], begin: int, stop: int) -> np.ndarray:
+        """Run the synth from sample ``begin`` to ``stop``, sending ``events`` (sample, on,
+        channel, pitch, velocity) in order; note-offs sort before note-ons."""
+        events.sort()
+        out = np.zeros((stop - begin, 2), dtype=np.float32)
+        cursor = begin
+        for sample, on, ch, pitch, velocity in events:
+            if sample > cursor:
+                out[cursor - begin : sample - begin] = self._generate(sample - cursor)
+                cursor = sample
+            if on:
+                self._synth.noteon(ch, pitch, velocity)
+            else:
+                self._synth.noteoff(ch, pitch)
+        if stop > cursor:
+            out[cursor - begin :] = self._generate(stop - cursor)
+        return out
 
     def _silence(self) -> None:
         # sounds_off() only starts a very fast release; run the synth until every voice has
