@@ -181,10 +181,11 @@ class Renderer:
         events = []  # (sample, 0 = off / 1 = on, channel, pitch, velocity): offs sort first
         for i in np.flatnonzero(keep):
             n, ch = notes[i], channels[notes[i].program]
-            events.append((max(round(onsets[i] * sr), begin_idx), 1, ch, n.pitch, n.velocity))
+            on = max(round(onsets[i] * sr), begin_idx)
+            events.append((on, 1, ch, n.pitch, n.velocity))
             off = round(ends[i] * sr)
-            if off < stop_idx:
-                events.append((max(off, begin_idx), 0, ch, n.pitch, 0))
+            if off < stop_idx:  # never before its own note-on, which would leave it held
+                events.append((max(off, on + 1), 0, ch, n.pitch, 0))
         out = self._play(events, begin_idx, stop_idx)
         kept = np.flatnonzero(keep)  # where ``resume`` goes on from: the notes held, and
         # the recent ones, which a resumed span must not start again
