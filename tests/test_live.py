@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 
 import numpy as np
@@ -9,6 +10,7 @@ import soundfile as sf
 
 from cadenza import vocab
 from cadenza.audio import concatenate
+from cadenza.batcher import Batcher
 from cadenza.live import (
     LIVE_CONFIG,
     Engine,
@@ -266,3 +268,24 @@ def test_a_muted_current_instrument_must_switch_before_its_next_note():
     assert not np.isfinite(logits[vocab.PITCH_OFFSET : vocab.DUR_OFFSET]).any()
     assert not np.isfinite(logits[vocab.VEL_OFFSET : vocab.PITCH_OFFSET]).any()
     assert np.isfinite(logits[vocab.inst(40)]) and not np.isfinite(logits[vocab.inst(0)])
+
+
+def test_engines_sharing_a_batcher_decode_together(live_system):
+    with Batcher(live_system.model) as batcher:
+        systems = [
+            System(live_system.model, config=LIVE_CONFIG, text=live_system.text, batcher=batcher)
+            for _ in range(3)
+        ]
+        engines = [engine_for(s, seed=i, lead_seconds=0.6) for i, s in enumerate(systems)]
+        for e in engines:
+            e.start()
+        sinks = [threading.Thread(target=PacedSink(e, speed=1.0).run, args=(2.0,)) for e in engines]
+        for t in sinks:
+            t.start()
+        for t in sinks:
+            t.join(30)
+        for e, s in zip(engines, systems):
+            e.stop()
+            s.close()
+        assert not any(e.stats.errors for e in engines)
+        assert batcher.stats.largest >= 2  # the engines fell into step at least once
