@@ -165,10 +165,10 @@ class Attention(nn.Module):
             b, n = K.shape[0], cache.length
             K[:, :, n] = k[row : row + b]
             V[:, :, n] = v[row : row + b]
-            att = torch.softmax(
-                (q[row : row + b] @ K[:, :, : n + 1].transpose(-2, -1)) * D**-0.5, -1
+            # the H/G query heads of a KV head are the query rows of one fused attention
+            ys.append(
+                F.scaled_dot_product_attention(q[row : row + b], K[:, :, : n + 1], V[:, :, : n + 1])
             )
-            ys.append(att @ V[:, :, : n + 1])  # (b, G, H/G, D)
             row += b
         return self.proj(torch.cat(ys).reshape(B, 1, C))
 
