@@ -86,7 +86,7 @@ class ServeConfig:
     max_sessions: int = 16
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # 0: in this process
     chunk_seconds: float = 0.5  # the engine's block
-    lead_seconds: float = 1.5  # the engine runs this far ahead of what was sent
+    lead_seconds: float = 1.0  # the engine runs this far ahead of what was sent
     margin_seconds: float = 0.3  # audio this close to the send position is never replaced
     ahead_seconds: float = 0.3  # audio sent beyond the playhead the browser reports
     frames_per_message: int = 2400  # 50 ms of audio per binary message
