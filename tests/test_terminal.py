@@ -308,6 +308,9 @@ def test_ctrl_c_ends_the_session_keeps_the_recording_and_restores_the_terminal(t
             stdin=pty.slave,
             stderr=subprocess.PIPE,
             text=True,
+            # a shell's background job inherits SIGINT ignored, and Python then never raises
+            # KeyboardInterrupt: give the session the default, as a terminal would
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         deadline = time.perf_counter() + 120
         while time.perf_counter() < deadline:  # until the session runs in cbreak mode
