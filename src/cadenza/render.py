@@ -176,22 +176,21 @@ class Renderer:
         begin_idx = min(round(begin * sr), start_idx)
 
         self._silence()
-        chosen = [notes[i] for i in np.flatnonzero(keep)]
-        channels = self._assign_channels(n.program for n in chosen)
+        kept = np.flatnonzero(keep)
+        channels = self._assign_channels(notes[i].program for i in kept)
         events = []  # (sample, 0 = off / 1 = on, channel, pitch, velocity): offs sort first
-        for i in np.flatnonzero(keep):
+        held = []  # for ``resume``: the notes still held at ``stop``, with their channels
+        for i in kept:
             n, ch = notes[i], channels[notes[i].program]
             on = max(round(onsets[i] * sr), begin_idx)
             events.append((on, 1, ch, n.pitch, n.velocity))
             off = round(ends[i] * sr)
             if off < stop_idx:  # never before its own note-on, which would leave it held
                 events.append((max(off, on + 1), 0, ch, n.pitch, 0))
+            else:
+                held.append((n, ch))
         out = self._play(events, begin_idx, stop_idx)
-        kept = np.flatnonzero(keep)  # where ``resume`` goes on from: the notes held, and
-        # the recent ones, which a resumed span must not start again
-        held = [
-            (notes[i], channels[notes[i].program]) for i in kept if round(ends[i] * sr) >= stop_idx
-        ]
+        # the recent notes, which a resumed span must not start again
         recent = {notes[i] for i in kept if round(onsets[i] * sr) >= start_idx - _SLACK}
         self._live = _Live(stop_idx, held, channels, recent)
         return soft_limit(out[start_idx - begin_idx :])
