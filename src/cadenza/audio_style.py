@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cadenza.audio import AudioError, Waveform
+from cadenza.checkpoint import safetensors_metadata
 from cadenza.model import STYLE_DIM
 from cadenza.score import write_atomic
 
@@ -304,27 +305,17 @@ def load(path: str | os.PathLike) -> tuple[AudioStyleNet, dict]:
         AudioStyleError: a missing file, not safetensors, another format or version, a
             frontend or config this code does not know, or mismatched weights.
     """
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
-    if not path.is_file():
-        raise AudioStyleError(f"{path}: no such audio style weights file")
-    if path.stat().st_size > MAX_CHECKPOINT_BYTES:
-        raise AudioStyleError(f"{path}: larger than {MAX_CHECKPOINT_BYTES >> 20} MB, not loaded")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as e:  # safetensors raises SafetensorError for anything malformed
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise AudioStyleError(f"{path}: not a safetensors file ({reason})") from None
-    if meta.get("format") != FORMAT:
-        raise AudioStyleError(f"{path}: not cadenza audio style weights (unknown format)")
-    if meta.get("format_version") != str(FORMAT_VERSION):
-        raise AudioStyleError(
-            f"{path}: format version {meta.get('format_version')!r} is not supported "
-            f"(this cadenza reads version {FORMAT_VERSION})"
-        )
+    meta = safetensors_metadata(
+        path,
+        fmt=FORMAT,
+        version=FORMAT_VERSION,
+        max_bytes=MAX_CHECKPOINT_BYTES,
+        kind="audio style weights",
+        error=AudioStyleError,
+    )
     try:
         cfg, frontend = json.loads(meta["config"]), json.loads(meta["frontend"])
         info = json.loads(meta.get("info", "{}"))

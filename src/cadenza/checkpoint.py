@@ -67,24 +67,48 @@ def save(
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The checkpoint's metadata, checked for format and version."""
+    return safetensors_metadata(
+        path,
+        fmt=FORMAT,
+        version=FORMAT_VERSION,
+        max_bytes=MAX_CHECKPOINT_BYTES,
+        kind="checkpoint",
+        error=CheckpointError,
+    )
+
+
+def safetensors_metadata(
+    path: str | os.PathLike,
+    *,
+    fmt: str,
+    version: int,
+    max_bytes: int,
+    kind: str,
+    error: type[Exception],
+) -> dict[str, str]:
+    """The metadata of the safetensors file at ``path``, read without loading its tensors,
+    checked for its ``format`` and ``format_version`` entries. Every failure (a missing,
+    oversized or malformed file, another format or version) raises ``error`` with a one-line
+    message that names the file and ``kind`` ("checkpoint", "audio style weights"...)."""
     from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    if path.stat().st_size > MAX_CHECKPOINT_BYTES:
-        raise CheckpointError(f"{path}: larger than {MAX_CHECKPOINT_BYTES >> 30} GB, not loaded")
+        raise error(f"{path}: no such {kind} file")
+    if path.stat().st_size > max_bytes:
+        size = f"{max_bytes >> 30} GB" if max_bytes >= 1 << 30 else f"{max_bytes >> 20} MB"
+        raise error(f"{path}: larger than {size}, not loaded")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as e:  # safetensors raises SafetensorError for anything malformed
-        raise CheckpointError(f"{path}: not a safetensors checkpoint ({_one_line(e)})") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a cadenza checkpoint (unknown format)")
-    if meta.get("format_version") != str(FORMAT_VERSION):
-        raise CheckpointError(
-            f"{path}: checkpoint format version {meta.get('format_version')!r} is not supported "
-            f"(this cadenza reads version {FORMAT_VERSION})"
+        raise error(f"{path}: not a safetensors file ({_one_line(e)})") from None
+    if meta.get("format") != fmt:
+        raise error(f"{path}: not a cadenza {kind} file (unknown format)")
+    if meta.get("format_version") != str(version):
+        raise error(
+            f"{path}: {kind} format version {meta.get('format_version')!r} is not supported "
+            f"(this cadenza reads version {version})"
         )
     return meta
 
